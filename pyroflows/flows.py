@@ -1,0 +1,176 @@
+"""Factories that stack layers into ready-to-use flows.
+
+Each returns a Pyro ``ComposeTransformModule`` (or, with ``context_dim``, a
+``ConditionalComposeTransformModule``) for ``dist.TransformedDistribution``
+(or ``dist.ConditionalTransformedDistribution``).
+
+Example:
+    >>> import pyro.distributions as dist
+    >>> flow = nsf(2, num_transforms=2)
+    >>> d = dist.TransformedDistribution(dist.Normal(torch.zeros(2), 1.0).to_event(1), flow)
+    >>> d.log_prob(torch.zeros(5, 2)).shape
+    torch.Size([5])
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+from pyro.distributions.conditional import ConditionalComposeTransformModule
+from pyro.distributions.torch_transform import ComposeTransformModule
+
+from pyroflows.transforms import (
+    ActNorm,
+    AdditiveCoupling,
+    AffineAutoregressive,
+    AffineCoupling,
+    ConditionalFlowTransform,
+    FlowTransform,
+    Reverse,
+    SplineAutoregressive,
+    SplineCoupling,
+)
+
+__all__ = ["iaf", "maf", "nice", "nsf", "realnvp"]
+
+
+def _check(input_dim: int, num_transforms: int) -> None:
+    if not isinstance(input_dim, int) or input_dim < 1:
+        raise ValueError(f"input_dim must be a positive int, got {input_dim!r}")
+    if not isinstance(num_transforms, int) or num_transforms < 1:
+        raise ValueError(f"num_transforms must be a positive int, got {num_transforms!r}")
+
+
+def _compose(layers: list[FlowTransform], context_dim: int | None):
+    if context_dim is None:
+        return ComposeTransformModule(layers)
+    wrapped = [ConditionalFlowTransform(t) if t.context_dim is not None else t for t in layers]
+    return ConditionalComposeTransformModule(wrapped)
+
+
+def _couplings(make: Callable[[int], FlowTransform], input_dim: int, num_transforms: int):
+    if input_dim < 2:
+        raise ValueError(f"coupling flows need input_dim >= 2, got {input_dim}")
+    return [make(i % 2) for i in range(num_transforms)]
+
+
+def nice(
+    input_dim: int,
+    context_dim: int | None = None,
+    num_transforms: int = 4,
+    hidden_dims: Sequence[int] = (64, 64),
+    mask: str | torch.Tensor = "alternating",
+):
+    """NICE (arXiv:1410.8516): additive couplings of alternating parity, then
+    a learned diagonal scaling (:class:`ActNorm`), since additive couplings
+    alone preserve volume."""
+    _check(input_dim, num_transforms)
+    layers = _couplings(
+        lambda p: AdditiveCoupling(input_dim, mask, p, hidden_dims, context_dim), input_dim, num_transforms
+    )
+    return _compose([*layers, ActNorm(input_dim)], context_dim)
+
+
+def realnvp(
+    input_dim: int,
+    context_dim: int | None = None,
+    num_transforms: int = 4,
+    hidden_dims: Sequence[int] = (64, 64),
+    mask: str | torch.Tensor = "alternating",
+    max_log_scale: float | None = 5.0,
+):
+    """RealNVP (arXiv:1605.08803): affine couplings of alternating parity."""
+    _check(input_dim, num_transforms)
+    layers = _couplings(
+        lambda p: AffineCoupling(input_dim, mask, p, hidden_dims, context_dim, max_log_scale=max_log_scale),
+        input_dim,
+        num_transforms,
+    )
+    return _compose(layers, context_dim)
+
+
+def _autoregressive(make: Callable[[], FlowTransform], input_dim: int, num_transforms: int, context_dim):
+    layers: list[FlowTransform] = []
+    for i in range(num_transforms):
+        if i:
+            layers.append(Reverse(input_dim))
+        layers.append(make())
+    return _compose(layers, context_dim)
+
+
+def maf(
+    input_dim: int,
+    context_dim: int | None = None,
+    num_transforms: int = 4,
+    hidden_dims: Sequence[int] = (64, 64),
+    num_residual_blocks: int = 0,
+):
+    """MAF (arXiv:1705.07057): affine autoregressive layers, density in one
+    pass per layer, sampling in ``input_dim`` passes."""
+    _check(input_dim, num_transforms)
+    return _autoregressive(
+        lambda: AffineAutoregressive(input_dim, "maf", hidden_dims, context_dim, num_residual_blocks),
+        input_dim,
+        num_transforms,
+        context_dim,
+    )
+
+
+def iaf(
+    input_dim: int,
+    context_dim: int | None = None,
+    num_transforms: int = 4,
+    hidden_dims: Sequence[int] = (64, 64),
+    num_residual_blocks: int = 0,
+):
+    """IAF (arXiv:1606.04934): affine autoregressive layers, sampling with
+    ``log_prob`` of its own samples in one pass per layer (the VI case)."""
+    _check(input_dim, num_transforms)
+    return _autoregressive(
+        lambda: AffineAutoregressive(input_dim, "iaf", hidden_dims, context_dim, num_residual_blocks),
+        input_dim,
+        num_transforms,
+        context_dim,
+    )
+
+
+def nsf(
+    input_dim: int,
+    context_dim: int | None = None,
+    num_transforms: int = 4,
+    hidden_dims: Sequence[int] = (64, 64),
+    count_bins: int = 8,
+    bound: float = 5.0,
+    variant: str = "coupling",
+    mode: str = "maf",
+    num_residual_blocks: int = 0,
+):
+    """Neural spline flow (arXiv:1906.04032).
+
+    Args:
+        variant: ``"coupling"`` (both directions one pass per layer; needs
+            ``input_dim >= 2``) or ``"autoregressive"``.
+        mode: for the autoregressive variant, ``"maf"`` (cheap density) or
+            ``"iaf"`` (cheap sampling).
+    """
+    _check(input_dim, num_transforms)
+    if variant == "coupling":
+        layers = _couplings(
+            lambda p: SplineCoupling(
+                input_dim, "alternating", p, hidden_dims, context_dim, count_bins=count_bins, bound=bound
+            ),
+            input_dim,
+            num_transforms,
+        )
+        return _compose(layers, context_dim)
+    if variant == "autoregressive":
+        return _autoregressive(
+            lambda: SplineAutoregressive(
+                input_dim, mode, hidden_dims, context_dim, num_residual_blocks, count_bins=count_bins, bound=bound
+            ),
+            input_dim,
+            num_transforms,
+            context_dim,
+        )
+    raise ValueError(f"variant must be 'coupling' or 'autoregressive', got {variant!r}")

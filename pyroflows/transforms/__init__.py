@@ -1,0 +1,56 @@
+"""Flow layers: every public class is a Pyro ``TransformModule`` (or a
+``ConditionalTransformModule`` for ``Conditional*``)."""
+
+from pyroflows.transforms.autoregressive import (
+    AffineAutoregressive,
+    Autoregressive,
+    ConditionalAffineAutoregressive,
+    ConditionalSplineAutoregressive,
+    SplineAutoregressive,
+)
+from pyroflows.transforms.base import ConditionalFlowTransform, ConditionedFlowTransform, FlowTransform
+from pyroflows.transforms.coupling import (
+    AdditiveCoupling,
+    AffineCoupling,
+    ConditionalAdditiveCoupling,
+    ConditionalAffineCoupling,
+    ConditionalSplineCoupling,
+    Coupling,
+    SplineCoupling,
+)
+from pyroflows.transforms.linear import LULinear, Permute, Reverse
+from pyroflows.transforms.masks import alternating_mask, checkerboard_mask, half_mask
+from pyroflows.transforms.normalization import ActNorm, BatchNorm
+from pyroflows.transforms.spline import Spline
+from pyroflows.transforms.univariate import RationalQuadraticSpline, ScaleShift, Shift, UnivariateMap
+
+__all__ = [
+    "ActNorm",
+    "AdditiveCoupling",
+    "AffineAutoregressive",
+    "AffineCoupling",
+    "Autoregressive",
+    "BatchNorm",
+    "ConditionalAdditiveCoupling",
+    "ConditionalAffineAutoregressive",
+    "ConditionalAffineCoupling",
+    "ConditionalFlowTransform",
+    "ConditionalSplineAutoregressive",
+    "ConditionalSplineCoupling",
+    "ConditionedFlowTransform",
+    "Coupling",
+    "FlowTransform",
+    "LULinear",
+    "Permute",
+    "RationalQuadraticSpline",
+    "Reverse",
+    "ScaleShift",
+    "Shift",
+    "Spline",
+    "SplineAutoregressive",
+    "SplineCoupling",
+    "UnivariateMap",
+    "alternating_mask",
+    "checkerboard_mask",
+    "half_mask",
+]

@@ -1,0 +1,219 @@
+"""The transform contract every pyroflows layer follows.
+
+A layer subclasses :class:`FlowTransform` and writes its map once, as two fused
+methods that return the output *and* the forward log-determinant:
+
+* ``_forward_and_log_det(x, context) -> (y, log|det dy/dx|)``
+* ``_inverse_and_log_det(y, context) -> (x, log|det dy/dx|)``
+
+Forward is base -> data (the sampling direction, as in torch and Pyro). The
+base class owns the only cache: the last ``(x, y, log_det)`` triple. A call is
+served from it only when it walks back the way the cached call came (the input
+is the cached output) and the layer's parameters and buffers are unchanged
+since (their version counters are part of the key), so results never go stale
+after an optimiser step and users never call ``clear_cache()``. This lets
+``TransformedDistribution.log_prob`` run one conditioner pass per layer and
+lets ``rsample`` followed by ``log_prob`` skip the inverse.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from pyro.distributions.conditional import ConditionalTransformModule
+from pyro.distributions.torch_transform import TransformModule
+from torch.distributions import Transform, constraints
+
+from pyroflows.validation import check_context, check_event, validation_enabled
+
+
+class _Entry(NamedTuple):
+    x: torch.Tensor
+    y: torch.Tensor
+    log_det: torch.Tensor | None
+    key: tuple
+    from_forward: bool
+
+
+def _state_key(kernel: torch.nn.Module) -> tuple:
+    """What must be unchanged for a cached result to stay valid."""
+    return (
+        torch.is_grad_enabled(),
+        tuple(p._version for p in kernel.parameters()),
+        tuple(b._version for b in kernel.buffers()),
+    )
+
+
+class _CachedBijection:
+    """Cache and validation shared by layers and by layers bound to a context."""
+
+    _entry: _Entry | None = None
+
+    def _kernel_and_context(self) -> tuple[FlowTransform, torch.Tensor | None]:
+        raise NotImplementedError
+
+    def _map(self, value: torch.Tensor, inverse: bool) -> torch.Tensor:
+        kernel, context = self._kernel_and_context()
+        entry = self._entry
+        if entry is not None and entry.from_forward == inverse:
+            cached_in, cached_out = (entry.y, entry.x) if inverse else (entry.x, entry.y)
+            if value is cached_in and entry.key == _state_key(kernel):
+                return cached_out
+        if validation_enabled():
+            kernel._validate(value, context, "y" if inverse else "x")
+        if inverse:
+            out, log_det = kernel._inverse_and_log_det(value, context)
+            x, y = out, value
+        else:
+            out, log_det = kernel._forward_and_log_det(value, context)
+            x, y = value, out
+        self._entry = _Entry(x, y, log_det, _state_key(kernel), not inverse)
+        return out
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return self._map(x, inverse=False)
+
+    def _inv_call(self, y: torch.Tensor) -> torch.Tensor:
+        return self._map(y, inverse=True)
+
+    def log_abs_det_jacobian(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        kernel, context = self._kernel_and_context()
+        entry = self._entry
+        if (
+            entry is not None
+            and entry.log_det is not None
+            and entry.x is x
+            and entry.y is y
+            and entry.key == _state_key(kernel)
+        ):
+            # Served once: a second request recomputes, so a graph freed by
+            # an earlier backward is never reused.
+            self._entry = entry._replace(log_det=None)
+            return entry.log_det
+        if validation_enabled():
+            kernel._validate(x, context, "x")
+        return kernel._forward_and_log_det(x, context)[1]
+
+    def clear_cache(self) -> None:
+        """Drop the cached triple (never needed for correctness)."""
+        self._entry = None
+
+
+class FlowTransform(_CachedBijection, TransformModule):
+    """Base class of every pyroflows layer: a Pyro ``TransformModule``.
+
+    Args:
+        event_shape: shape of one input, e.g. ``(input_dim,)``.
+        context_dim: size of the context vector for conditional layers, or
+            ``None``. A conditional layer is used through :meth:`condition`
+            (or wrapped in a :class:`ConditionalFlowTransform`).
+    """
+
+    domain = constraints.real_vector
+    codomain = constraints.real_vector
+    bijective = True
+
+    def __init__(self, event_shape: tuple[int, ...], context_dim: int | None = None) -> None:
+        super().__init__(cache_size=0)
+        if context_dim is not None and (not isinstance(context_dim, int) or context_dim < 1):
+            raise ValueError(f"context_dim must be a positive int or None, got {context_dim!r}")
+        self.event_shape = torch.Size(event_shape)
+        self.context_dim = context_dim
+
+    # -- what subclasses write -------------------------------------------------
+    def _forward_and_log_det(self, x: torch.Tensor, context: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+    def _inverse_and_log_det(self, y: torch.Tensor, context: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+    # -- public, uncached --------------------------------------------------------
+    def forward_and_log_det(
+        self, x: torch.Tensor, context: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return ``y = f(x)`` and ``log|det df/dx|`` (batch shape), bypassing the cache."""
+        if validation_enabled():
+            self._validate(x, context, "x")
+        return self._forward_and_log_det(x, context)
+
+    def inverse_and_log_det(
+        self, y: torch.Tensor, context: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return ``x = f^{-1}(y)`` and the *forward* ``log|det df/dx|`` at that ``x``."""
+        if validation_enabled():
+            self._validate(y, context, "y")
+        return self._inverse_and_log_det(y, context)
+
+    def condition(self, context: torch.Tensor) -> ConditionedFlowTransform:
+        """Bind a context of shape ``(*batch, context_dim)``; returns a Pyro ``Transform``."""
+        if self.context_dim is None:
+            raise ValueError(f"{type(self).__name__} takes no context (context_dim=None)")
+        return ConditionedFlowTransform(self, context)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self(x)
+
+    # -- internals -------------------------------------------------------------
+    def _kernel_and_context(self) -> tuple[FlowTransform, None]:
+        return self, None
+
+    def _validate(self, value: torch.Tensor, context: torch.Tensor | None, name: str) -> None:
+        check_event(name, value, self.event_shape)
+        check_context(context, self.context_dim, value.shape[: value.dim() - len(self.event_shape)])
+
+    def extra_repr(self) -> str:
+        extra = f"event_shape={tuple(self.event_shape)}"
+        if self.context_dim is not None:
+            extra += f", context_dim={self.context_dim}"
+        return extra
+
+
+class ConditionedFlowTransform(_CachedBijection, Transform):
+    """A conditional layer bound to one context; what ``condition`` returns."""
+
+    bijective = True
+
+    def __init__(self, kernel: FlowTransform, context: torch.Tensor) -> None:
+        super().__init__(cache_size=0)
+        if validation_enabled():
+            check_event("context", context, (kernel.context_dim,))
+        self.kernel = kernel
+        self.context = context
+
+    @property
+    def domain(self):  # type: ignore[override]
+        return self.kernel.domain
+
+    @property
+    def codomain(self):  # type: ignore[override]
+        return self.kernel.codomain
+
+    def _kernel_and_context(self) -> tuple[FlowTransform, torch.Tensor]:
+        return self.kernel, self.context
+
+
+class ConditionalFlowTransform(ConditionalTransformModule):
+    """A Pyro ``ConditionalTransformModule`` around a conditional layer.
+
+    The math lives in the wrapped layer (``kernel``); this class only binds a
+    context, so it works in ``ConditionalTransformedDistribution`` and
+    ``ConditionalComposeTransformModule``.
+    """
+
+    def __init__(self, kernel: FlowTransform) -> None:
+        super().__init__()
+        if kernel.context_dim is None:
+            raise ValueError(f"{type(kernel).__name__} was built without context_dim")
+        self.kernel = kernel
+
+    @property
+    def event_shape(self) -> torch.Size:
+        return self.kernel.event_shape
+
+    @property
+    def context_dim(self) -> int:
+        return self.kernel.context_dim
+
+    def condition(self, context: torch.Tensor) -> ConditionedFlowTransform:
+        return self.kernel.condition(context)

@@ -1,0 +1,73 @@
+"""Input validation switch and the checks shared by every layer.
+
+Validation is on by default. Turn it off for speed once a model is known to be
+well-formed::
+
+    >>> import pyroflows
+    >>> pyroflows.set_validation(False)
+    >>> pyroflows.validation_enabled()
+    False
+    >>> pyroflows.set_validation(True)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+_enabled = True
+
+
+def set_validation(enabled: bool) -> None:
+    """Switch shape and finiteness checks of flow inputs on or off."""
+    global _enabled
+    if not isinstance(enabled, bool):
+        raise TypeError(f"set_validation expects a bool, got {type(enabled).__name__}")
+    _enabled = enabled
+
+
+def validation_enabled() -> bool:
+    """Whether flow inputs are checked (the default)."""
+    return _enabled
+
+
+def check_event(name: str, value: torch.Tensor, event_shape: Sequence[int]) -> None:
+    """Raise ``ValueError`` unless ``value`` has shape ``(*batch, *event_shape)`` and is finite."""
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
+    event_shape = tuple(event_shape)
+    n = len(event_shape)
+    if value.dim() < n or tuple(value.shape[value.dim() - n :]) != event_shape:
+        raise ValueError(
+            f"{name} must have shape (*batch, {', '.join(map(str, event_shape))}), got shape {tuple(value.shape)}"
+        )
+    if not torch.isfinite(value).all():
+        bad = int((~torch.isfinite(value)).sum())
+        raise ValueError(f"{name} must be finite, got {bad} non-finite value(s) (NaN or Inf)")
+
+
+def check_context(
+    context: torch.Tensor | None,
+    context_dim: int | None,
+    batch_shape: torch.Size,
+) -> None:
+    """Raise ``ValueError`` unless ``context`` fits a layer with ``context_dim``."""
+    if context_dim is None:
+        if context is not None:
+            raise ValueError("this layer takes no context (context_dim=None), but a context was given")
+        return
+    if context is None:
+        raise ValueError(
+            f"this layer is conditional (context_dim={context_dim}): "
+            "call .condition(context) with a context of shape (*batch, "
+            f"{context_dim}) first"
+        )
+    check_event("context", context, (context_dim,))
+    try:
+        torch.broadcast_shapes(batch_shape, context.shape[:-1])
+    except RuntimeError:
+        raise ValueError(
+            f"context batch shape {tuple(context.shape[:-1])} does not broadcast "
+            f"with input batch shape {tuple(batch_shape)}"
+        ) from None
