@@ -8,10 +8,10 @@ methods that return the output *and* the forward log-determinant:
 
 Forward is base -> data (the sampling direction, as in torch and Pyro). The
 base class owns the only cache: the last ``(x, y, log_det)`` triple. A call is
-served from it only when it walks back the way the cached call came (the input
-is the cached output) and the layer's parameters and buffers are unchanged
-since (their version counters are part of the key), so results never go stale
-after an optimiser step and users never call ``clear_cache()``. This lets
+served from it only while the layer's parameters and buffers are unchanged
+(their version counters are part of the key) and no backward pass has gone
+through the cached tensors, so results never go stale after an optimiser step,
+a freed graph is never reused, and users never call ``clear_cache()``. This lets
 ``TransformedDistribution.log_prob`` run one conditioner pass per layer and
 lets ``rsample`` followed by ``log_prob`` skip the inverse.
 """
@@ -31,9 +31,8 @@ from pyroflows.validation import check_context, check_event, validation_enabled
 class _Entry(NamedTuple):
     x: torch.Tensor
     y: torch.Tensor
-    log_det: torch.Tensor | None
+    log_det: torch.Tensor
     key: tuple
-    from_forward: bool
 
 
 def _state_key(kernel: torch.nn.Module) -> tuple:
@@ -46,30 +45,53 @@ def _state_key(kernel: torch.nn.Module) -> tuple:
 
 
 class _CachedBijection:
-    """Cache and validation shared by layers and by layers bound to a context."""
+    """Cache and validation shared by layers and by layers bound to a context.
+
+    An entry is served while the kernel's parameters, buffers and grad mode
+    are unchanged and no backward pass has gone through its tensors (a
+    gradient hook drops it), so a freed graph is never handed out twice.
+    """
 
     _entry: _Entry | None = None
 
     def _kernel_and_context(self) -> tuple[FlowTransform, torch.Tensor | None]:
         raise NotImplementedError
 
+    def _lookup(self, kernel: FlowTransform) -> _Entry | None:
+        entry = self._entry
+        if entry is not None and entry.key == _state_key(kernel):
+            return entry
+        return None
+
+    def _store(self, kernel: FlowTransform, x, y, log_det) -> None:
+        entry = _Entry(x, y, log_det, _state_key(kernel))
+        self._entry = entry
+
+        def drop(_grad):
+            if self._entry is entry:
+                self._entry = None
+
+        for tensor in (x, y, log_det):
+            if tensor.requires_grad:
+                tensor.register_hook(drop)
+
     def _map(self, value: torch.Tensor, inverse: bool) -> torch.Tensor:
         kernel, context = self._kernel_and_context()
-        entry = self._entry
-        if entry is not None and entry.from_forward == inverse:
-            cached_in, cached_out = (entry.y, entry.x) if inverse else (entry.x, entry.y)
-            if value is cached_in and entry.key == _state_key(kernel):
-                return cached_out
+        entry = self._lookup(kernel)
+        if entry is not None:
+            if value is (entry.y if inverse else entry.x):
+                return entry.x if inverse else entry.y
+            if value is (entry.x if inverse else entry.y):
+                return entry.y if inverse else entry.x
         if validation_enabled():
             kernel._validate(value, context, "y" if inverse else "x")
         if inverse:
-            out, log_det = kernel._inverse_and_log_det(value, context)
-            x, y = out, value
-        else:
-            out, log_det = kernel._forward_and_log_det(value, context)
-            x, y = value, out
-        self._entry = _Entry(x, y, log_det, _state_key(kernel), not inverse)
-        return out
+            x, log_det = kernel._inverse_and_log_det(value, context)
+            self._store(kernel, x, value, log_det)
+            return x
+        y, log_det = kernel._forward_and_log_det(value, context)
+        self._store(kernel, value, y, log_det)
+        return y
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         return self._map(x, inverse=False)
@@ -79,17 +101,8 @@ class _CachedBijection:
 
     def log_abs_det_jacobian(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         kernel, context = self._kernel_and_context()
-        entry = self._entry
-        if (
-            entry is not None
-            and entry.log_det is not None
-            and entry.x is x
-            and entry.y is y
-            and entry.key == _state_key(kernel)
-        ):
-            # Served once: a second request recomputes, so a graph freed by
-            # an earlier backward is never reused.
-            self._entry = entry._replace(log_det=None)
+        entry = self._lookup(kernel)
+        if entry is not None and entry.x is x and entry.y is y:
             return entry.log_det
         if validation_enabled():
             kernel._validate(x, context, "x")
