@@ -18,6 +18,8 @@ lets ``rsample`` followed by ``log_prob`` skip the inverse.
 
 from __future__ import annotations
 
+import itertools
+import weakref
 from typing import NamedTuple
 
 import torch
@@ -33,15 +35,15 @@ class _Entry(NamedTuple):
     y: torch.Tensor
     log_det: torch.Tensor
     key: tuple
+    serial: int
 
 
-def _state_key(kernel: torch.nn.Module) -> tuple:
+_serials = itertools.count()
+
+
+def _state_key(kernel: FlowTransform) -> tuple:
     """What must be unchanged for a cached result to stay valid."""
-    return (
-        torch.is_grad_enabled(),
-        tuple(p._version for p in kernel.parameters()),
-        tuple(b._version for b in kernel.buffers()),
-    )
+    return (torch.is_grad_enabled(), *[t._version for t in kernel._state_tensors()])
 
 
 class _CachedBijection:
@@ -64,12 +66,16 @@ class _CachedBijection:
         return None
 
     def _store(self, kernel: FlowTransform, x, y, log_det) -> None:
-        entry = _Entry(x, y, log_det, _state_key(kernel))
-        self._entry = entry
+        serial = next(_serials)
+        self._entry = _Entry(x, y, log_det, _state_key(kernel), serial)
+        # The hook holds no strong reference: a cycle through the graph would
+        # keep every step's tensors alive until the garbage collector ran.
+        holder = weakref.ref(self)
 
         def drop(_grad):
-            if self._entry is entry:
-                self._entry = None
+            owner = holder()
+            if owner is not None and owner._entry is not None and owner._entry.serial == serial:
+                owner._entry = None
 
         for tensor in (x, y, log_det):
             if tensor.requires_grad:
@@ -107,6 +113,11 @@ class _CachedBijection:
         if validation_enabled():
             kernel._validate(x, context, "x")
         return kernel._forward_and_log_det(x, context)[1]
+
+    def inverse_and_log_det(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``x = f^{-1}(y)`` and the forward log-det at ``x``, bypassing the cache."""
+        kernel, context = self._kernel_and_context()
+        return kernel.inverse_and_log_det(y, context)
 
     def clear_cache(self) -> None:
         """Drop the cached triple (never needed for correctness)."""
@@ -168,6 +179,19 @@ class FlowTransform(_CachedBijection, TransformModule):
         return self(x)
 
     # -- internals -------------------------------------------------------------
+    _state: tuple[torch.Tensor, ...] | None = None
+
+    def _state_tensors(self) -> tuple[torch.Tensor, ...]:
+        """Parameters and buffers, listed once (walking the module tree is slow)."""
+        if self._state is None:
+            self._state = (*self.parameters(), *self.buffers())
+        return self._state
+
+    def _apply(self, fn, *args, **kwargs):  # .to(), .double(), ... may replace tensors
+        self._state = None
+        self._entry = None
+        return super()._apply(fn, *args, **kwargs)
+
     def _kernel_and_context(self) -> tuple[FlowTransform, None]:
         return self, None
 

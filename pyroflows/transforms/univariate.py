@@ -12,7 +12,8 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
+
+from pyroflows.transforms.rqs_kernel import RQSpline, SplineConfig, knot_table
 
 
 class UnivariateMap:
@@ -103,24 +104,13 @@ class RationalQuadraticSpline(UnivariateMap):
         # softplus(0 + offset) + min_derivative == 1: zero parameters give slope 1.
         self.derivative_offset = math.log(math.expm1(1.0 - min_derivative))
         self.num_params = 3 * count_bins - 1
+        self.config = SplineConfig(
+            count_bins, self.bound, min_bin_width, min_bin_height, min_derivative, self.derivative_offset
+        )
 
     def knots(self, params: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Knot x-positions, y-positions ``(*, K+1)`` and derivatives ``(*, K+1)``."""
-        k = self.count_bins
-        widths = self._fractions(params[..., :k], self.min_bin_width)
-        heights = self._fractions(params[..., k : 2 * k], self.min_bin_height)
-        inner = self.min_derivative + F.softplus(params[..., 2 * k :] + self.derivative_offset)
-        derivatives = F.pad(inner, (1, 1), value=1.0)
-        return self._positions(widths), self._positions(heights), derivatives
-
-    def _fractions(self, raw: torch.Tensor, minimum: float) -> torch.Tensor:
-        return minimum + (1 - minimum * self.count_bins) * torch.softmax(raw, dim=-1)
-
-    def _positions(self, fractions: torch.Tensor) -> torch.Tensor:
-        # Interior knots from the cumulative sum; the ends are pinned exactly.
-        inner = torch.cumsum(fractions[..., :-1], dim=-1)
-        cum = F.pad(F.pad(inner, (1, 0), value=0.0), (0, 1), value=1.0)
-        return (2 * self.bound) * cum - self.bound
+        """Knot x-positions, y-positions and derivatives, each ``(*, K+1)``."""
+        return knot_table(params, self.config)[0].unbind(-2)
 
     def forward(self, x, params):
         return self._apply(x, params, inverse=False)
@@ -129,41 +119,7 @@ class RationalQuadraticSpline(UnivariateMap):
         return self._apply(y, params, inverse=True)
 
     def _apply(self, value, params, inverse):
-        knots_x, knots_y, derivs = self.knots(params)
-        inside = (value >= -self.bound) & (value <= self.bound)
-        v = value.clamp(-self.bound, self.bound)
-        edges = knots_y if inverse else knots_x
-        index = (v.unsqueeze(-1) >= edges[..., 1:-1]).sum(-1, keepdim=True)
-        x_k = knots_x.gather(-1, index).squeeze(-1)
-        y_k = knots_y.gather(-1, index).squeeze(-1)
-        w_k = knots_x.gather(-1, index + 1).squeeze(-1) - x_k
-        h_k = knots_y.gather(-1, index + 1).squeeze(-1) - y_k
-        d_k = derivs.gather(-1, index).squeeze(-1)
-        d_k1 = derivs.gather(-1, index + 1).squeeze(-1)
-        s = h_k / w_k
-        if inverse:
-            dy = v - y_k
-            curvature = d_k1 + d_k - 2 * s
-            a = h_k * (s - d_k) + dy * curvature
-            b = h_k * d_k - dy * curvature
-            c = -s * dy
-            discriminant = (b * b - 4 * a * c).clamp(min=0)
-            theta = (2 * c) / (-b - discriminant.sqrt())
-            theta = theta.clamp(0, 1)
-            out = x_k + theta * w_k
-        else:
-            theta = (v - x_k) / w_k
-            out = None
-        one_minus = 1 - theta
-        tt = theta * one_minus
-        denominator = s + (d_k1 + d_k - 2 * s) * tt
-        if out is None:
-            out = y_k + h_k * (s * theta * theta + d_k * tt) / denominator
-        log_det = (
-            2 * torch.log(s)
-            + torch.log(d_k1 * theta * theta + 2 * s * tt + d_k * one_minus * one_minus)
-            - 2 * torch.log(denominator)
-        )
-        out = torch.where(inside, out, value)
-        log_det = torch.where(inside, log_det, torch.zeros_like(log_det))
-        return out, log_det
+        batch = torch.broadcast_shapes(value.shape, params.shape[:-1])
+        value = value.expand(batch)
+        params = params.expand(*batch, params.shape[-1])
+        return RQSpline.apply(value, params, self.config, inverse)
