@@ -1,12 +1,13 @@
 """Fused rational-quadratic spline with a hand-written backward.
 
-On small batches autograd's per-node cost dwarfs the arithmetic of the ~60
-elementwise operations a spline needs, so one ``autograd.Function`` does all
-of it: knot placement from raw parameters (softmax widths and heights,
-softplus derivatives), the bin search, the bin-local map or its inverse, and
-the log-derivative; its backward returns analytic gradients (the inverse by
-implicit differentiation). Durkan et al., *Neural Spline Flows*,
-arXiv:1906.04032.
+Autograd through the ~60 operations of a spline, many of them over the whole
+``(*, 3K-1)`` parameter tensor, costs far more than the arithmetic. One
+``autograd.Function`` does it all: softmax widths and heights, the bin search,
+the bin-local map or its inverse and the log-derivative, touching the
+parameter-sized tensors only for the softmax, its cumulative sum and the
+search; derivatives are read per element. The backward returns analytic
+gradients (the inverse by implicit differentiation). Durkan et al., *Neural
+Spline Flows*, arXiv:1906.04032.
 
 In bin ``k`` with ``theta = (x - x_k) / w``, ``s = h / w``,
 ``C = d_0 + d_1 - 2 s`` and ``T = theta (1 - theta)``:
@@ -34,24 +35,33 @@ class SplineConfig:
     derivative_offset: float
 
 
-def _fraction_scale(cfg: SplineConfig, like: torch.Tensor) -> tuple:
-    """Per-row (width, height) minimum and scale of the softmax fractions."""
+def _affine(cfg: SplineConfig, like: torch.Tensor):
+    """Knot ``j + 1`` sits at ``lin[j] + mult * cumsum(softmax)[j]`` (rows: x, y)."""
+    k, b = cfg.count_bins, cfg.bound
+    steps = torch.arange(1, k + 1, dtype=like.dtype, device=like.device)
     if cfg.min_bin_width == cfg.min_bin_height:
-        return cfg.min_bin_width, 1 - cfg.min_bin_width * cfg.count_bins
+        return steps * (2 * b * cfg.min_bin_width) - b, 2 * b * (1 - cfg.min_bin_width * k)
     minimum = like.new_tensor([[cfg.min_bin_width], [cfg.min_bin_height]])
-    return minimum, 1 - minimum * cfg.count_bins
+    return steps * (2 * b * minimum) - b, 2 * b * (1 - minimum * k)
 
 
-def knot_table(params: torch.Tensor, cfg: SplineConfig) -> tuple[torch.Tensor, torch.Tensor]:
-    """Knot x, y positions and derivatives stacked as ``(*, 3, K+1)``, and the softmax ``(*, 2, K)``."""
+def _positions(softmax: torch.Tensor, cfg: SplineConfig) -> torch.Tensor:
+    lin, mult = _affine(cfg, softmax)
+    cum = torch.cumsum(softmax, dim=-1)
+    return torch.add(lin, cum, alpha=mult) if isinstance(mult, float) else lin + mult * cum
+
+
+def _derivative(raw: torch.Tensor, cfg: SplineConfig) -> torch.Tensor:
+    return cfg.min_derivative + F.softplus(raw + cfg.derivative_offset)
+
+
+def knot_table(params: torch.Tensor, cfg: SplineConfig) -> torch.Tensor:
+    """All knots for inspection: x, y positions and derivatives stacked as ``(*, 3, K+1)``."""
     k = cfg.count_bins
-    softmax = torch.softmax(params[..., : 2 * k].unflatten(-1, (2, k)).contiguous(), dim=-1)
-    minimum, scale = _fraction_scale(cfg, params)
-    # Knots from the cumulative sum; the last one is B up to rounding.
-    positions = F.pad(torch.cumsum(minimum + scale * softmax, dim=-1), (1, 0)) * (2 * cfg.bound) - cfg.bound
-    inner = cfg.min_derivative + F.softplus(params[..., 2 * k :] + cfg.derivative_offset)
-    derivatives = F.pad(inner, (1, 1), value=1.0)
-    return torch.cat([positions, derivatives.unsqueeze(-2)], dim=-2), softmax
+    positions = _positions(torch.softmax(params[..., : 2 * k].unflatten(-1, (2, k)), dim=-1), cfg)
+    positions = F.pad(positions, (1, 0), value=-cfg.bound)
+    derivatives = F.pad(_derivative(params[..., 2 * k :], cfg), (1, 1), value=1.0)
+    return torch.cat([positions, derivatives.unsqueeze(-2)], dim=-2)
 
 
 def _solve_theta(dy, s, h, d0, curvature):
@@ -61,15 +71,6 @@ def _solve_theta(dy, s, h, d0, curvature):
     c = -s * dy
     discriminant = (b * b - 4 * a * c).clamp(min=0)
     return ((2 * c) / (-b - discriminant.sqrt())).clamp(0, 1)
-
-
-def _gather_bins(value, table, cfg, inverse):
-    v = value.clamp(-cfg.bound, cfg.bound)
-    edges = table[..., 1 if inverse else 0, 1:-1]
-    index = (v.unsqueeze(-1) >= edges).sum(-1, keepdim=True).unsqueeze(-2).expand(*table.shape[:-1], 1)
-    lo = table.gather(-1, index).squeeze(-1)
-    hi = table.gather(-1, index + 1).squeeze(-1)
-    return v, index, lo, hi
 
 
 class RQSpline(torch.autograd.Function):
@@ -82,11 +83,28 @@ class RQSpline(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, value, params, cfg: SplineConfig, inverse: bool):
-        table, _ = knot_table(params, cfg)
-        v, _, lo, hi = _gather_bins(value, table, cfg, inverse)
-        x_k, y_k, d0 = lo.unbind(-1)
-        w, h, _ = (hi - lo).unbind(-1)
-        d1 = hi[..., 2]
+        k = cfg.count_bins
+        softmax = torch.softmax(params[..., : 2 * k].unflatten(-1, (2, k)), dim=-1)
+        positions = _positions(softmax, cfg)  # (*, 2, K): knots 1..K
+        v = value.clamp(-cfg.bound, cfg.bound)
+        inside = v == value
+        edges = positions[..., 1 if inverse else 0, : k - 1]
+        bins = (v.unsqueeze(-1) >= edges).sum(-1, keepdim=True)  # (*, 1)
+        index = bins.unsqueeze(-2).expand(*positions.shape[:-1], 1)
+        hi = positions.gather(-1, index).squeeze(-1)
+        lo = positions.gather(-1, (index - 1).clamp(min=0)).squeeze(-1)
+        first = bins == 0
+        lo = torch.where(first, -cfg.bound, lo)
+        raw = params[..., 2 * k :]
+        if k > 1:
+            raw_lo = raw.gather(-1, (bins - 1).clamp(min=0)).squeeze(-1)
+            raw_hi = raw.gather(-1, bins.clamp(max=k - 2)).squeeze(-1)
+            d0 = torch.where(first.squeeze(-1), 1.0, _derivative(raw_lo, cfg))
+            d1 = torch.where(bins.squeeze(-1) == k - 1, 1.0, _derivative(raw_hi, cfg))
+        else:
+            raw_lo = raw_hi = d0 = d1 = torch.ones_like(v)
+        x_k, y_k = lo.unbind(-1)
+        w, h = (hi - lo).unbind(-1)
         s = h / w
         curvature = d0 + d1 - 2 * s
         theta = _solve_theta(v - y_k, s, h, d0, curvature) if inverse else (v - x_k) / w
@@ -96,24 +114,18 @@ class RQSpline(torch.autograd.Function):
         out = x_k + theta * w if inverse else y_k + h * (s * theta * theta + d0 * tt) / den
         ratio = s / den
         log_det = torch.log((d1 * theta * theta + 2 * s * tt + d0 * one_minus * one_minus) * ratio * ratio)
-        inside = v == value
-        out = torch.where(inside, out, value)
         ctx.cfg, ctx.inverse = cfg, inverse
-        ctx.save_for_backward(value, params, out)
-        return out, torch.where(inside, log_det, 0.0)
+        ctx.save_for_backward(inside, softmax, bins, lo, hi, d0, d1, theta, raw_lo, raw_hi)
+        return torch.where(inside, out, value), torch.where(inside, log_det, 0.0)
 
     @staticmethod
     def backward(ctx, g_out, g_log_det):
-        value, params, out = ctx.saved_tensors
+        inside, softmax, bins, lo, hi, d0, d1, theta, raw_lo, raw_hi = ctx.saved_tensors
         cfg, inverse = ctx.cfg, ctx.inverse
-        table, softmax = knot_table(params, cfg)
-        v, index, lo, hi = _gather_bins(value, table, cfg, inverse)
-        inside = v == value
-        x_k, y_k, d0 = lo.unbind(-1)
-        w, h, _ = (hi - lo).unbind(-1)
-        d1 = hi[..., 2]
+        k = cfg.count_bins
+        x_k, y_k = lo.unbind(-1)
+        w, h = (hi - lo).unbind(-1)
         s = h / w
-        theta = ((out if inverse else v) - x_k) / w
         g_o = torch.where(inside, g_out, 0.0)
         g_l = torch.where(inside, g_log_det, 0.0)
 
@@ -156,16 +168,22 @@ class RQSpline(torch.autograd.Function):
             g_xk = -g_v
             g_w = -(g_theta * theta + g_s * s) / w
         g_value = torch.where(inside, g_v, g_out)
-        # bin-local gradients -> knot table: lo = (x_k, y_k, d0), hi = (x_k + w, y_k + h, d1)
-        g_lo = torch.stack([g_xk - g_w, g_yk - g_h, g_d0], dim=-1).unsqueeze(-1)
-        g_hi = torch.stack([g_w, g_h, g_d1], dim=-1).unsqueeze(-1)
-        g_table = torch.zeros_like(table).scatter_add(-1, index, g_lo).scatter_add(-1, index + 1, g_hi)
-        # knot positions -> softmax fractions (reverse cumulative sum) -> raw logits
-        g_cum = g_table[..., :2, 1:] * (2 * cfg.bound)
-        g_frac = g_cum.flip(-1).cumsum(-1).flip(-1)
-        _, scale = _fraction_scale(cfg, params)
-        g_soft = scale * g_frac
-        g_raw = softmax * (g_soft - (g_soft * softmax).sum(-1, keepdim=True))
-        k = cfg.count_bins
-        g_deriv = g_table[..., 2, 1:-1] * torch.sigmoid(params[..., 2 * k :] + cfg.derivative_offset)
-        return g_value, torch.cat([g_raw.flatten(-2), g_deriv], dim=-1), None, None
+
+        # knots: lo = knot k (fixed at -B for k = 0), hi = knot k + 1; knot j + 1 = lin + mult * cumsum[j],
+        # so d/dcumsum[j] = mult * (g_hi [j <= k] + g_lo [j < k]): the reverse cumulative sum of two spikes.
+        _, mult = _affine(cfg, softmax)
+        mult = mult if isinstance(mult, float) else mult.squeeze(-1)
+        g_hi = (torch.stack([g_w, g_h], dim=-1) * mult).unsqueeze(-1)
+        g_lo = (torch.stack([g_xk - g_w, g_yk - g_h], dim=-1) * mult).unsqueeze(-1)
+        columns = torch.arange(k, device=bins.device)
+        kk = bins.unsqueeze(-1)
+        g_cum = torch.where(columns <= kk, g_hi, 0.0) + torch.where(columns < kk, g_lo, 0.0)
+        g_raw = softmax * (g_cum - (g_cum * softmax).sum(-1, keepdim=True))
+        grads = [g_raw.flatten(-2)]
+        if k > 1:
+            g_lo_d = torch.where(bins.squeeze(-1) > 0, g_d0 * torch.sigmoid(raw_lo + cfg.derivative_offset), 0.0)
+            g_hi_d = torch.where(bins.squeeze(-1) < k - 1, g_d1 * torch.sigmoid(raw_hi + cfg.derivative_offset), 0.0)
+            g_deriv = g_value.new_zeros(*g_value.shape, k - 1)
+            g_deriv = g_deriv.scatter_add(-1, (bins - 1).clamp(min=0), g_lo_d.unsqueeze(-1))
+            grads.append(g_deriv.scatter_add(-1, bins.clamp(max=k - 2), g_hi_d.unsqueeze(-1)))
+        return g_value, torch.cat(grads, dim=-1), None, None

@@ -110,7 +110,7 @@ class RationalQuadraticSpline(UnivariateMap):
 
     def knots(self, params: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Knot x-positions, y-positions and derivatives, each ``(*, K+1)``."""
-        return knot_table(params, self.config)[0].unbind(-2)
+        return knot_table(params, self.config).unbind(-2)
 
     def forward(self, x, params):
         return self._apply(x, params, inverse=False)

@@ -1,0 +1,49 @@
+"""2-D density estimation: test NLL and ms/step against the peers.
+
+Same coupling NSF everywhere (5 transforms, hidden 64x2, 8 bins, bound 5),
+Adam 1e-3, batch 512, 2000 steps, 20k train / 5k test points per data set.
+
+    python benchmarks/density_2d.py                 # full run
+    python benchmarks/density_2d.py --steps 50      # smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+from common import nll, save, table, train
+from peers import LIBRARIES, build
+
+from pyroflows.datasets import TOY_2D, toy_2d
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=2000)
+    parser.add_argument("--datasets", nargs="+", default=list(TOY_2D))
+    parser.add_argument("--libraries", nargs="+", default=list(LIBRARIES))
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    rows = []
+    for name in args.datasets:
+        train_x, test_x = toy_2d(name, 20_000, seed=args.seed), toy_2d(name, 5_000, seed=args.seed + 1)
+        for library in args.libraries:
+            torch.manual_seed(args.seed)
+            model = build(library, "nsf", 2)
+            ms = train(model, train_x, args.steps, 512, 1e-3, args.seed)
+            rows.append({"dataset": name, "library": library, "test_nll": nll(model, test_x), "ms_per_step": ms})
+            print(rows[-1], flush=True)
+    for name in args.datasets:
+        ours = next(r for r in rows if r["dataset"] == name and r["library"] == "pyroflows")
+        peers = [r for r in rows if r["dataset"] == name and r["library"] != "pyroflows"]
+        if peers:
+            ours["nll_minus_best_peer"] = ours["test_nll"] - min(r["test_nll"] for r in peers)
+            ours["time_vs_fastest_peer"] = ours["ms_per_step"] / min(r["ms_per_step"] for r in peers)
+    print(table(rows, ["dataset", "library", "test_nll", "ms_per_step", "nll_minus_best_peer",
+                       "time_vs_fastest_peer"]))
+    print("wrote", save("density_2d", {"args": vars(args), "rows": rows}))
+
+
+if __name__ == "__main__":
+    main()
