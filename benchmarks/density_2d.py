@@ -40,8 +40,7 @@ def main() -> None:
         if peers:
             ours["nll_minus_best_peer"] = ours["test_nll"] - min(r["test_nll"] for r in peers)
             ours["time_vs_fastest_peer"] = ours["ms_per_step"] / min(r["ms_per_step"] for r in peers)
-    print(table(rows, ["dataset", "library", "test_nll", "ms_per_step", "nll_minus_best_peer",
-                       "time_vs_fastest_peer"]))
+    print(table(rows, ["dataset", "library", "test_nll", "ms_per_step", "nll_minus_best_peer", "time_vs_fastest_peer"]))
     print("wrote", save("density_2d", {"args": vars(args), "rows": rows}))
 
 

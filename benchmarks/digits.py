@@ -44,8 +44,9 @@ def main() -> None:
             model = build(library, kind, 64)
             params = sum(p.numel() for p in model.module.parameters())
             ms = train(model, train_x, args.steps, 256, 1e-3, 0)
-            rows.append({"flow": kind, "library": library, "params": params,
-                         "test_nll": nll(model, test_x), "ms_per_step": ms})
+            rows.append(
+                {"flow": kind, "library": library, "params": params, "test_nll": nll(model, test_x), "ms_per_step": ms}
+            )
             print(rows[-1], flush=True)
     print(table(rows, ["flow", "library", "params", "test_nll", "ms_per_step"]))
     print("wrote", save("digits", {"args": vars(args), "rows": rows}))

@@ -123,7 +123,10 @@ def _nflows(kind, dim, num_transforms, hidden, bins, bound):
         elif kind == "realnvp":
             layers.append(transforms.AffineCouplingTransform(mask, net))
         else:
-            layers.append(transforms.MaskedAffineAutoregressiveTransform(dim, hidden, num_blocks=2))
+            # initial masked layer + one block = two hidden layers, as ours
+            layers.append(
+                transforms.MaskedAffineAutoregressiveTransform(dim, hidden, num_blocks=1, use_residual_blocks=False)
+            )
             layers.append(transforms.ReversePermutation(dim))
     flow = flows.Flow(transforms.CompositeTransform(layers), distributions.StandardNormal([dim]))
     return Model(flow, flow.log_prob, flow.sample)

@@ -46,6 +46,7 @@ def main() -> None:
         rates = {lib: {"log_prob_backward": [], "sample": []} for lib in models}
         for _ in range(args.repeats):
             for lib, model in models.items():
+
                 def step(model=model):
                     model.module.zero_grad(set_to_none=True)
                     # a fresh tensor each step: Pyro's built-in identity cache would
@@ -60,18 +61,35 @@ def main() -> None:
                 rates[lib]["log_prob_backward"].append(_rate(step, args.batch, args.iters))
                 rates[lib]["sample"].append(_rate(sample, args.batch, args.iters))
         for lib in models:
-            rows.append({"dim": dim, "library": lib,
-                         "log_prob_backward_per_s": statistics.median(rates[lib]["log_prob_backward"]),
-                         "sample_per_s": statistics.median(rates[lib]["sample"])})
+            rows.append(
+                {
+                    "dim": dim,
+                    "library": lib,
+                    "log_prob_backward_per_s": statistics.median(rates[lib]["log_prob_backward"]),
+                    "sample_per_s": statistics.median(rates[lib]["sample"]),
+                }
+            )
             print(rows[-1], flush=True)
         ours = next(r for r in rows if r["dim"] == dim and r["library"] == "pyroflows")
         peers = [r for r in rows if r["dim"] == dim and r["library"] != "pyroflows"]
         if peers:
             ours["lp_vs_fastest_peer"] = ours["log_prob_backward_per_s"] / max(
-                r["log_prob_backward_per_s"] for r in peers)
+                r["log_prob_backward_per_s"] for r in peers
+            )
             ours["sample_vs_fastest_peer"] = ours["sample_per_s"] / max(r["sample_per_s"] for r in peers)
-    print(table(rows, ["dim", "library", "log_prob_backward_per_s", "sample_per_s", "lp_vs_fastest_peer",
-                       "sample_vs_fastest_peer"]))
+    print(
+        table(
+            rows,
+            [
+                "dim",
+                "library",
+                "log_prob_backward_per_s",
+                "sample_per_s",
+                "lp_vs_fastest_peer",
+                "sample_vs_fastest_peer",
+            ],
+        )
+    )
     print("wrote", save("throughput", {"args": vars(args), "rows": rows}))
 
 

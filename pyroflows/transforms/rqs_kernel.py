@@ -35,20 +35,24 @@ class SplineConfig:
     derivative_offset: float
 
 
-def _affine(cfg: SplineConfig, like: torch.Tensor):
-    """Knot ``j + 1`` sits at ``lin[j] + mult * cumsum(softmax)[j]`` (rows: x, y)."""
-    k, b = cfg.count_bins, cfg.bound
-    steps = torch.arange(1, k + 1, dtype=like.dtype, device=like.device)
+def _minimum_and_scale(cfg: SplineConfig, like: torch.Tensor):
+    """Per row (x, y): the minimum bin fraction and ``2B (1 - K min)``, floats when rows agree.
+
+    Knot ``j`` sits at ``-B + 2B min j + scale * cumsum(softmax)[j - 1]``.
+    """
     if cfg.min_bin_width == cfg.min_bin_height:
-        return steps * (2 * b * cfg.min_bin_width) - b, 2 * b * (1 - cfg.min_bin_width * k)
-    minimum = like.new_tensor([[cfg.min_bin_width], [cfg.min_bin_height]])
-    return steps * (2 * b * minimum) - b, 2 * b * (1 - minimum * k)
+        return cfg.min_bin_width, 2 * cfg.bound * (1 - cfg.min_bin_width * cfg.count_bins)
+    minimum = like.new_tensor([cfg.min_bin_width, cfg.min_bin_height])
+    return minimum, 2 * cfg.bound * (1 - minimum * cfg.count_bins)
 
 
 def _positions(softmax: torch.Tensor, cfg: SplineConfig) -> torch.Tensor:
-    lin, mult = _affine(cfg, softmax)
-    cum = torch.cumsum(softmax, dim=-1)
-    return torch.add(lin, cum, alpha=mult) if isinstance(mult, float) else lin + mult * cum
+    """Knots ``1..K`` as ``(*, 2, K)``."""
+    minimum, scale = _minimum_and_scale(cfg, softmax)
+    steps = torch.arange(1, cfg.count_bins + 1, dtype=softmax.dtype, device=softmax.device)
+    if not isinstance(minimum, float):
+        minimum, scale = minimum.unsqueeze(-1), scale.unsqueeze(-1)
+    return steps * (2 * cfg.bound * minimum) - cfg.bound + scale * torch.cumsum(softmax, dim=-1)
 
 
 def _derivative(raw: torch.Tensor, cfg: SplineConfig) -> torch.Tensor:
@@ -85,16 +89,22 @@ class RQSpline(torch.autograd.Function):
     def forward(ctx, value, params, cfg: SplineConfig, inverse: bool):
         k = cfg.count_bins
         softmax = torch.softmax(params[..., : 2 * k].unflatten(-1, (2, k)), dim=-1)
-        positions = _positions(softmax, cfg)  # (*, 2, K): knots 1..K
+        cum = torch.cumsum(softmax, dim=-1)  # (*, 2, K)
+        minimum, scale = _minimum_and_scale(cfg, cum)
+        row = 1 if inverse else 0
+        min_row, scale_row = (minimum, scale) if isinstance(minimum, float) else (minimum[row], scale[row])
         v = value.clamp(-cfg.bound, cfg.bound)
         inside = v == value
-        edges = positions[..., 1 if inverse else 0, : k - 1]
+        # search the interior knots 1..K-1 of the input's row
+        steps = torch.arange(1, k, dtype=cum.dtype, device=cum.device) * (2 * cfg.bound * min_row) - cfg.bound
+        edges = steps + scale_row * cum[..., row, : k - 1]
         bins = (v.unsqueeze(-1) >= edges).sum(-1, keepdim=True)  # (*, 1)
-        index = bins.unsqueeze(-2).expand(*positions.shape[:-1], 1)
-        hi = positions.gather(-1, index).squeeze(-1)
-        lo = positions.gather(-1, (index - 1).clamp(min=0)).squeeze(-1)
         first = bins == 0
-        lo = torch.where(first, -cfg.bound, lo)
+        index = bins.unsqueeze(-2).expand(*cum.shape[:-1], 1)
+        cum_hi = cum.gather(-1, index).squeeze(-1)  # (*, 2): cumsum up to knot k + 1
+        cum_lo = torch.where(first, 0.0, cum.gather(-1, (index - 1).clamp(min=0)).squeeze(-1))
+        lo = (2 * cfg.bound) * minimum * bins.to(cum.dtype) - cfg.bound + scale * cum_lo
+        hi = lo + (2 * cfg.bound) * minimum + scale * (cum_hi - cum_lo)
         raw = params[..., 2 * k :]
         if k > 1:
             raw_lo = raw.gather(-1, (bins - 1).clamp(min=0)).squeeze(-1)
@@ -115,12 +125,12 @@ class RQSpline(torch.autograd.Function):
         ratio = s / den
         log_det = torch.log((d1 * theta * theta + 2 * s * tt + d0 * one_minus * one_minus) * ratio * ratio)
         ctx.cfg, ctx.inverse = cfg, inverse
-        ctx.save_for_backward(inside, softmax, bins, lo, hi, d0, d1, theta, raw_lo, raw_hi)
+        ctx.save_for_backward(inside, softmax, bins, lo, hi, d0, d1, theta, raw_lo, raw_hi, cum_lo, cum_hi)
         return torch.where(inside, out, value), torch.where(inside, log_det, 0.0)
 
     @staticmethod
     def backward(ctx, g_out, g_log_det):
-        inside, softmax, bins, lo, hi, d0, d1, theta, raw_lo, raw_hi = ctx.saved_tensors
+        inside, softmax, bins, lo, hi, d0, d1, theta, raw_lo, raw_hi, cum_lo, cum_hi = ctx.saved_tensors
         cfg, inverse = ctx.cfg, ctx.inverse
         k = cfg.count_bins
         x_k, y_k = lo.unbind(-1)
@@ -169,16 +179,21 @@ class RQSpline(torch.autograd.Function):
             g_w = -(g_theta * theta + g_s * s) / w
         g_value = torch.where(inside, g_v, g_out)
 
-        # knots: lo = knot k (fixed at -B for k = 0), hi = knot k + 1; knot j + 1 = lin + mult * cumsum[j],
-        # so d/dcumsum[j] = mult * (g_hi [j <= k] + g_lo [j < k]): the reverse cumulative sum of two spikes.
-        _, mult = _affine(cfg, softmax)
-        mult = mult if isinstance(mult, float) else mult.squeeze(-1)
-        g_hi = (torch.stack([g_w, g_h], dim=-1) * mult).unsqueeze(-1)
-        g_lo = (torch.stack([g_xk - g_w, g_yk - g_h], dim=-1) * mult).unsqueeze(-1)
+        # knots: lo = knot k (-B for k = 0), hi = knot k + 1, knot j + 1 = ... + scale * cum[j], so
+        # d/dcum[j] = G_hi [j <= k] + G_lo [j < k] with G = scale * (bin-local gradient); through the
+        # softmax, g_raw = e * (d/dcum - dot) with dot = sum_j e_j d/dcum[j] = G_hi cum[k] + G_lo cum[k-1].
+        _, scale = _minimum_and_scale(cfg, softmax)
+        g_hi = torch.stack([g_w, g_h], dim=-1) * scale
+        g_lo = torch.stack([g_xk - g_w, g_yk - g_h], dim=-1) * scale
+        dot = g_hi * cum_hi + g_lo * cum_lo
         columns = torch.arange(k, device=bins.device)
         kk = bins.unsqueeze(-1)
-        g_cum = torch.where(columns <= kk, g_hi, 0.0) + torch.where(columns < kk, g_lo, 0.0)
-        g_raw = softmax * (g_cum - (g_cum * softmax).sum(-1, keepdim=True))
+        coefficient = torch.where(
+            columns < kk,
+            (g_hi + g_lo - dot).unsqueeze(-1),
+            torch.where(columns == kk, (g_hi - dot).unsqueeze(-1), -dot.unsqueeze(-1)),
+        )
+        g_raw = softmax * coefficient
         grads = [g_raw.flatten(-2)]
         if k > 1:
             g_lo_d = torch.where(bins.squeeze(-1) > 0, g_d0 * torch.sigmoid(raw_lo + cfg.derivative_offset), 0.0)

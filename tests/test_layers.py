@@ -1,0 +1,69 @@
+"""Layer-specific behaviour beyond the shared contract."""
+
+from __future__ import annotations
+
+import io
+
+import torch
+
+from pyroflows.transforms import ActNorm, AffineAutoregressive, BatchNorm, LULinear, SplineAutoregressive
+
+
+def _perturb(module, scale=0.2):
+    with torch.no_grad():
+        for p in module.parameters():
+            p.add_(scale * torch.randn_like(p))
+    return module
+
+
+def test_maf_is_the_inverse_of_iaf_with_the_same_parameters():
+    torch.manual_seed(0)
+    for cls in (AffineAutoregressive, SplineAutoregressive):
+        iaf = _perturb(cls(4, mode="iaf").double())
+        maf = cls(4, mode="maf").double()
+        maf.load_state_dict(iaf.state_dict())
+        x = torch.randn(6, 4, dtype=torch.float64)
+        y, log_det = iaf.forward_and_log_det(x)
+        x_maf, log_det_maf = maf.forward_and_log_det(y)
+        torch.testing.assert_close(x_maf, x)
+        torch.testing.assert_close(log_det_maf, -log_det)
+
+
+def test_actnorm_standardises_its_first_batch_and_keeps_the_flag_through_save_load():
+    layer = ActNorm(3)
+    data = torch.randn(500, 3) * torch.tensor([1.0, 10.0, 0.1]) + torch.tensor([5.0, -2.0, 0.0])
+    x, _ = layer.inverse_and_log_det(data)
+    torch.testing.assert_close(x.mean(0), torch.zeros(3), atol=1e-4, rtol=0)
+    torch.testing.assert_close(x.std(0, unbiased=False), torch.ones(3), atol=1e-4, rtol=0)
+    buffer = io.BytesIO()
+    torch.save(layer.state_dict(), buffer)
+    buffer.seek(0)
+    restored = ActNorm(3)
+    restored.load_state_dict(torch.load(buffer))
+    assert bool(restored.initialized)
+    other = torch.randn(7, 3)
+    torch.testing.assert_close(restored.inverse_and_log_det(other)[0], layer.inverse_and_log_det(other)[0])
+
+
+def test_batchnorm_uses_batch_statistics_in_training_and_running_ones_in_eval():
+    torch.manual_seed(0)
+    layer = BatchNorm(2, momentum=0.5)
+    data = torch.randn(1000, 2) * 3 + 1
+    x, log_det = layer.inverse_and_log_det(data)
+    torch.testing.assert_close(x.mean(0), torch.zeros(2), atol=1e-5, rtol=0)
+    torch.testing.assert_close(layer.running_mean, 0.5 * data.mean(0))
+    expected = 0.5 * torch.log(data.var(0, unbiased=False) + layer.eps).sum()
+    torch.testing.assert_close(log_det, expected.expand(1000))
+    layer.eval()
+    x_eval, _ = layer.inverse_and_log_det(data)
+    torch.testing.assert_close(layer.forward_and_log_det(x_eval)[0], data, atol=1e-5, rtol=0)
+
+
+def test_lu_linear_weight_and_log_det():
+    torch.manual_seed(0)
+    layer = _perturb(LULinear(4, random_permutation=True).double(), 0.5)
+    x = torch.randn(3, 4, dtype=torch.float64)
+    y, log_det = layer.forward_and_log_det(x)
+    weight = layer.weight()
+    torch.testing.assert_close(y, x @ weight.T)
+    torch.testing.assert_close(log_det, torch.linalg.slogdet(weight)[1].expand(3))
