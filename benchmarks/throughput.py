@@ -47,7 +47,7 @@ def main() -> None:
         for _ in range(args.repeats):
             for lib, model in models.items():
 
-                def step(model=model):
+                def step(model=model, data=data):
                     model.module.zero_grad(set_to_none=True)
                     # a fresh tensor each step: Pyro's built-in identity cache would
                     # otherwise hand back last step's freed graph
