@@ -24,6 +24,7 @@ class Model:
     module: nn.Module
     log_prob: Callable[[torch.Tensor], torch.Tensor]
     sample: Callable[[int], torch.Tensor]
+    optimizer: torch.optim.Optimizer | None = None  # kept across training chunks
 
 
 def _pyro_style(flow: nn.Module, dim: int) -> Model:
