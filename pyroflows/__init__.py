@@ -1,6 +1,6 @@
 """pyroflows: normalizing flows as Pyro transforms."""
 
-from pyroflows import flows, nn, transforms
+from pyroflows import datasets, flows, nn, testing, transforms
 from pyroflows.distributions import FlowDistribution
 from pyroflows.flows import iaf, maf, nice, nsf, realnvp
 from pyroflows.validation import set_validation, validation_enabled
@@ -9,6 +9,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "FlowDistribution",
+    "datasets",
     "flows",
     "iaf",
     "maf",
@@ -17,6 +18,7 @@ __all__ = [
     "nsf",
     "realnvp",
     "set_validation",
+    "testing",
     "transforms",
     "validation_enabled",
 ]

@@ -19,3 +19,16 @@ def test_mkdocs_builds_strict(tmp_path):
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert (tmp_path / "site" / "api" / "transforms" / "index.html").exists()
+
+
+def test_readme_python_snippets_run():
+    import re
+
+    import torch
+
+    blocks = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
+    assert len(blocks) >= 2
+    namespace: dict = {}
+    exec(blocks[0].replace("range(2000)", "range(3)"), namespace)  # noqa: S102 - our own README
+    exec(blocks[1], namespace)  # noqa: S102
+    assert namespace["d"].log_prob(torch.randn(10, 3)).shape == (10,)
