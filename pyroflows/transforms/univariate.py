@@ -96,17 +96,22 @@ class RationalQuadraticSpline(UnivariateMap):
                 raise ValueError(f"{name} * count_bins must be in [0, 1), got {value * count_bins}")
         if not 0 <= min_derivative < 1:
             raise ValueError(f"min_derivative must be in [0, 1), got {min_derivative}")
-        self.count_bins = count_bins
-        self.bound = float(bound)
-        self.min_bin_width = min_bin_width
-        self.min_bin_height = min_bin_height
-        self.min_derivative = min_derivative
         # softplus(0 + offset) + min_derivative == 1: zero parameters give slope 1.
-        self.derivative_offset = math.log(math.expm1(1.0 - min_derivative))
+        offset = math.log(math.expm1(1.0 - min_derivative))
+        self.config = SplineConfig(count_bins, float(bound), min_bin_width, min_bin_height, min_derivative, offset)
         self.num_params = 3 * count_bins - 1
-        self.config = SplineConfig(
-            count_bins, self.bound, min_bin_width, min_bin_height, min_derivative, self.derivative_offset
-        )
+
+    @property
+    def count_bins(self) -> int:
+        return self.config.count_bins
+
+    @property
+    def bound(self) -> float:
+        return self.config.bound
+
+    @property
+    def derivative_offset(self) -> float:
+        return self.config.derivative_offset
 
     def knots(self, params: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Knot x-positions, y-positions and derivatives, each ``(*, K+1)``."""
