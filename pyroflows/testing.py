@@ -36,7 +36,8 @@ class TransformCase:
             rounding: a slope of 1000 turns 1e-7 in ``x`` into 1e-4 in ``y``).
         batch_independent: ``False`` for layers whose output mixes the batch.
         identity_at_init: the freshly built layer is the identity.
-        triangular: the Jacobian is triangular in the layer's ``order``.
+        triangular: the Jacobian is lower triangular in the layer's ``made.order``
+            (in index order for layers without a MADE).
         perturb: std of noise added to every parameter before the checks, so
             they do not run at the identity.
         prepare: called on the layer after perturbation (e.g. set eval mode).
@@ -145,8 +146,9 @@ def check_log_det(case: TransformCase, dtype=torch.float64) -> None:
         _, log_det_inv = kernel.inverse_and_log_det(y_i, ctx)
         _close(log_det_inv, expected, max(atol, 10 * case.inverse_atol), "inverse log_det vs Jacobian")
         if case.triangular:
-            rank = torch.empty_like(kernel.made.order)
-            rank[kernel.made.order] = torch.arange(len(rank))
+            order = kernel.made.order if hasattr(kernel, "made") else torch.arange(jac.shape[0])
+            rank = torch.empty_like(order)
+            rank[order] = torch.arange(len(rank))
             upper = rank[None, :] > rank[:, None]
             if jac[upper].abs().max() > 0:
                 raise AssertionError("Jacobian is not triangular in the autoregressive order")

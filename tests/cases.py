@@ -84,6 +84,9 @@ CASES = [
     TransformCase("reverse", lambda: T.Reverse(D)),
     TransformCase("lu_linear", lambda: T.LULinear(D, random_permutation=True), perturb=0.3),
     TransformCase("lu_linear_identity", lambda: T.LULinear(D), identity_at_init=True, perturb=0.3),
+    TransformCase(
+        "triangular_affine", lambda: T.TriangularAffine(D), identity_at_init=True, perturb=0.3, triangular=True
+    ),
     TransformCase("actnorm", lambda: T.ActNorm(D), prepare=_init_actnorm),
     TransformCase("batchnorm", lambda: T.BatchNorm(D), prepare=_eval_batchnorm),
     TransformCase(

@@ -18,7 +18,7 @@ from pyroflows.transforms.coupling import (
     Coupling,
     SplineCoupling,
 )
-from pyroflows.transforms.linear import LULinear, Permute, Reverse
+from pyroflows.transforms.linear import LULinear, Permute, Reverse, TriangularAffine
 from pyroflows.transforms.masks import alternating_mask, checkerboard_mask, half_mask
 from pyroflows.transforms.normalization import ActNorm, BatchNorm
 from pyroflows.transforms.spline import Spline
@@ -49,6 +49,7 @@ __all__ = [
     "Spline",
     "SplineAutoregressive",
     "SplineCoupling",
+    "TriangularAffine",
     "UnivariateMap",
     "alternating_mask",
     "checkerboard_mask",

@@ -56,6 +56,12 @@ class _CachedBijection:
 
     _entry: _Entry | None = None
 
+    def __getstate__(self):
+        # The cache holds graph tensors with hooks: never pickle it.
+        state = dict(super().__getstate__())
+        state.pop("_entry", None)
+        return state
+
     def _kernel_and_context(self) -> tuple[FlowTransform, torch.Tensor | None]:
         raise NotImplementedError
 

@@ -1,0 +1,159 @@
+"""``fit``: stochastic variational inference with sensible defaults."""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+
+import numpy as np
+import pyro
+import torch
+from pyro import poutine
+from pyro.infer import ELBO, Trace_ELBO
+from tqdm.auto import tqdm
+
+__all__ = ["NonFiniteLossError", "fit"]
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The ELBO or its gradient became NaN or infinite during :func:`fit`."""
+
+
+def learning_rate_factor(step: int, num_steps: int, warmup: float, final_lr: float) -> float:
+    """Linear warm-up over the first ``warmup`` fraction of steps, then cosine
+    decay from 1 to ``final_lr`` (a fraction of the initial rate)."""
+    warm = max(1, int(warmup * num_steps))
+    if step < warm:
+        return (step + 1) / warm
+    progress = (step - warm) / max(1, num_steps - warm)
+    return final_lr + (1 - final_lr) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def _check_positive(name: str, value, kind=(int, float)) -> None:
+    if not isinstance(value, kind) or isinstance(value, bool) or value <= 0:
+        raise ValueError(f"{name} must be a positive number, got {value!r}")
+
+
+class _Stopper:
+    """Stops when the mean loss over a window of ``patience // 5`` steps has
+    not improved on its best by ``rel_tol`` (relative) for ``patience`` steps."""
+
+    def __init__(self, patience: int, rel_tol: float = 1e-3) -> None:
+        self.patience, self.rel_tol = patience, rel_tol
+        self.window = max(10, patience // 5)
+        self.best, self.best_step = math.inf, 0
+
+    def __call__(self, losses: list[float]) -> bool:
+        step = len(losses)
+        if step % self.window:
+            return False
+        mean = float(np.mean(losses[-self.window :]))
+        if mean < self.best - self.rel_tol * abs(self.best if math.isfinite(self.best) else mean):
+            self.best, self.best_step = mean, step
+        return step - self.best_step >= self.patience
+
+
+def fit(
+    model,
+    guide,
+    *args,
+    num_steps: int = 2000,
+    lr: float = 5e-3,
+    warmup: float = 0.05,
+    final_lr: float = 0.05,
+    clip_norm: float | None = 10.0,
+    num_particles: int = 8,
+    vectorize_particles: bool = True,
+    loss: ELBO | None = None,
+    early_stopping: int | None = None,
+    max_seconds: float | None = None,
+    progress: bool = True,
+    seed: int | None = None,
+    **kwargs,
+) -> np.ndarray:
+    """Fit ``guide`` to ``model`` by SVI; return the loss (negative ELBO) per step.
+
+    Adam on all of the guide's (and model's) parameters, learning rate warmed
+    up linearly over the first ``warmup`` fraction of steps then cosine-decayed
+    to ``final_lr * lr``; gradients clipped to global norm ``clip_norm``;
+    ``Trace_ELBO`` with ``num_particles`` particles, vectorised when the model
+    allows (else sequential, with a warning). Works with any Pyro guide.
+
+    A NaN or infinite loss or gradient restores the parameters that produced
+    the last finite loss and raises :class:`NonFiniteLossError`. Optional
+    ``early_stopping`` (patience in steps) and ``max_seconds`` stop early.
+    ``*args, **kwargs`` go to the model and guide.
+
+    Example:
+        >>> import pyro.distributions as dist
+        >>> from pyro.infer.autoguide import AutoNormal
+        >>> def model():
+        ...     pyro.sample("x", dist.Normal(3.0, 1.0))
+        >>> losses = fit(model, AutoNormal(model), num_steps=300, lr=0.05, progress=False, seed=0)
+        >>> len(losses)
+        300
+    """
+    _check_positive("num_steps", num_steps, int)
+    _check_positive("lr", lr)
+    _check_positive("num_particles", num_particles, int)
+    if not 0 <= warmup < 1:
+        raise ValueError(f"warmup must be a fraction in [0, 1), got {warmup!r}")
+    if not 0 < final_lr <= 1:
+        raise ValueError(f"final_lr must be a fraction in (0, 1], got {final_lr!r}")
+    if seed is not None:
+        pyro.set_rng_seed(seed)
+    elbo = loss or Trace_ELBO(
+        num_particles=num_particles, vectorize_particles=vectorize_particles and num_particles > 1
+    )
+    optimizer: torch.optim.Optimizer | None = None
+    params: list[torch.Tensor] = []
+    good: list[torch.Tensor] = []
+    losses: list[float] = []
+    stopper = _Stopper(early_stopping) if early_stopping else None
+    start = time.perf_counter()
+    bar = tqdm(range(num_steps), disable=not progress, desc="fit", leave=False)
+    for step in bar:
+        try:
+            with poutine.trace(param_only=True) as capture:
+                value = elbo.loss_and_grads(model, guide, *args, **kwargs)
+        except (ValueError, RuntimeError) as err:
+            if step or loss is not None or not getattr(elbo, "vectorize_particles", False):
+                raise
+            warnings.warn(f"vectorised particles failed ({err}); falling back to sequential particles", stacklevel=2)
+            elbo = Trace_ELBO(num_particles=num_particles, vectorize_particles=False)
+            with poutine.trace(param_only=True) as capture:
+                value = elbo.loss_and_grads(model, guide, *args, **kwargs)
+        current = [site["value"].unconstrained() for site in capture.trace.nodes.values()]
+        if optimizer is None or len(current) != len(params):
+            params = current
+            optimizer = torch.optim.Adam(params, lr=lr)
+            good = [p.detach().clone() for p in params]
+        grads = [p.grad for p in params if p.grad is not None]
+        finite = math.isfinite(value) and all(torch.isfinite(g).all() for g in grads)
+        if not finite:
+            with torch.no_grad():
+                torch._foreach_copy_([p.data for p in params], good)
+            what = "loss" if not math.isfinite(value) else "gradient"
+            raise NonFiniteLossError(
+                f"non-finite {what} at step {step} (loss {value}); parameters restored to the last step with a "
+                "finite loss. Try a smaller lr, a tighter clip_norm, or check the model for invalid values."
+            )
+        with torch.no_grad():
+            torch._foreach_copy_(good, [p.data for p in params])
+        if clip_norm is not None and grads:
+            torch.nn.utils.clip_grad_norm_(params, clip_norm)
+        for group in optimizer.param_groups:
+            group["lr"] = lr * learning_rate_factor(step, num_steps, warmup, final_lr)
+        optimizer.step()
+        for p in params:
+            p.grad = None
+        losses.append(value)
+        if progress and step % 25 == 0:
+            bar.set_postfix(loss=f"{np.mean(losses[-25:]):.4g}")
+        if stopper is not None and stopper(losses):
+            break
+        if max_seconds is not None and time.perf_counter() - start > max_seconds:
+            break
+    bar.close()
+    return np.asarray(losses)

@@ -1,0 +1,144 @@
+import io
+
+import pyro
+import pyro.distributions as dist
+import pytest
+import torch
+from pyro.distributions import constraints
+from pyro.infer import Predictive
+from pyro.infer.autoguide import AutoIAFNormal
+
+from pyroflows.diagnostics import draw
+from pyroflows.infer import AutoFlow, fit
+from pyroflows.transforms import LULinear
+
+
+@pytest.fixture(autouse=True)
+def clean_param_store():
+    pyro.clear_param_store()
+    yield
+    pyro.clear_param_store()
+
+
+def badly_scaled_regression(x, y=None):
+    """Conjugate-like regression: coefficients of size ~1000 and ~0.01, correlated."""
+    beta = pyro.sample("beta", dist.ImproperUniform(constraints.real_vector, (), (2,)))
+    with pyro.plate("data", len(x)):
+        pyro.sample("y", dist.Normal(beta[..., 0] + beta[..., 1] * x, 1.0), obs=y)
+
+
+def exact_posterior(x, y):
+    design = torch.stack([torch.ones_like(x), x], -1).double()
+    cov = torch.linalg.inv(design.T @ design)
+    return cov @ design.T @ y.double(), cov
+
+
+def regression_data():
+    gen = torch.Generator().manual_seed(0)
+    x = 100 + 300 * torch.rand(200, generator=gen)  # not centred: strong correlation
+    y = 1000.0 + 0.01 * x + torch.randn(200, generator=gen)
+    return x, y
+
+
+def test_improper_prior_and_bad_scaling_recovered():
+    x, y = regression_data()
+    mean, cov = exact_posterior(x, y)
+    guide = AutoFlow(badly_scaled_regression)
+    fit(badly_scaled_regression, guide, x, y, num_steps=200, progress=False, seed=0)
+    # Pyro's Predictive samples the prior to guess plate nesting; draw() does not.
+    draws = draw(badly_scaled_regression, guide, x, y, num_samples=4000).samples["beta"]
+    sd = cov.diagonal().sqrt()
+    assert ((draws.double().mean(0) - mean).abs() / sd).max() < 0.1
+    assert ((draws.double().std(0) / sd).log().abs()).max() < 0.1
+    corr = torch.corrcoef(draws.T.double())[0, 1]
+    assert abs(corr - cov[0, 1] / sd.prod()) < 0.05
+
+
+def test_pyro_flow_guides_crash_on_improper_priors_where_autoflow_does_not():
+    x, y = regression_data()
+    with pytest.raises(Exception):  # noqa: B017 - documents Pyro's behaviour the issue cites
+        AutoIAFNormal(badly_scaled_regression)(x, y)
+    assert AutoFlow(badly_scaled_regression)(x, y)["beta"].shape == (2,)
+
+
+def model_with_constraints():
+    pyro.sample("scale", dist.LogNormal(0.0, 0.5))
+    pyro.sample("p", dist.Beta(2.0, 5.0))
+    pyro.sample("w", dist.Dirichlet(torch.ones(3)))
+
+
+@pytest.mark.parametrize("flow", ["nsf", "iaf", "realnvp", "nice"])
+def test_presets_sample_constrained_sites(flow):
+    guide = AutoFlow(model_with_constraints, flow=flow)
+    sample = guide()
+    assert sample["scale"] > 0 and 0 < sample["p"] < 1
+    assert torch.allclose(sample["w"].sum(), torch.tensor(1.0))
+
+
+def test_callable_flow():
+    guide = AutoFlow(model_with_constraints, flow=lambda d: LULinear(d))
+    fit(model_with_constraints, guide, num_steps=5, progress=False)
+    assert isinstance(guide.flow, LULinear) and guide.flow.event_shape == (4,)
+
+
+def test_one_dimensional_latent_fits_a_skewed_posterior():
+    def one_d():
+        pyro.sample("x", dist.Gamma(3.0, 2.0))
+
+    guide = AutoFlow(one_d)
+    fit(one_d, guide, num_steps=500, progress=False, seed=0, lr=0.01)
+    exact = dist.Gamma(3.0, 2.0).sample((200000,)).quantile(torch.tensor([0.1, 0.5, 0.9]))
+    torch.testing.assert_close(guide.quantiles([0.1, 0.5, 0.9], num_samples=20000)["x"], exact, atol=0.05, rtol=0.03)
+
+
+def test_median_and_quantiles_are_ordered_and_constrained():
+    guide = AutoFlow(model_with_constraints)
+    fit(model_with_constraints, guide, num_steps=50, progress=False, seed=0)
+    q = guide.quantiles([0.05, 0.5, 0.95])
+    assert q["scale"].shape == (3,) and (q["scale"] > 0).all()
+    assert (q["p"][0] < q["p"][1]) and (q["p"][1] < q["p"][2])
+    assert set(guide.median()) == {"scale", "p", "w"}
+    predicted = Predictive(model_with_constraints, guide=guide, num_samples=7)()
+    assert predicted["w"].shape == (7, 3)
+    with pytest.raises(ValueError, match="quantiles"):
+        guide.quantiles([1.5])
+
+
+def test_round_trips_through_torch_save_and_param_store(tmp_path):
+    x, y = regression_data()
+    guide = AutoFlow(badly_scaled_regression)
+    fit(badly_scaled_regression, guide, x, y, num_steps=30, progress=False, seed=0)
+    pyro.set_rng_seed(1)
+    expected = guide(x, y)["beta"]
+
+    buffer = io.BytesIO()
+    torch.save(guide, buffer)
+    buffer.seek(0)
+    loaded = torch.load(buffer, weights_only=False)
+    pyro.set_rng_seed(1)
+    torch.testing.assert_close(loaded(x, y)["beta"], expected)
+
+    pyro.get_param_store().save(tmp_path / "params.pt")
+    pyro.clear_param_store()
+    pyro.get_param_store().load(tmp_path / "params.pt")
+    fresh = AutoFlow(badly_scaled_regression)
+    fresh(x, y)  # set up, then take the stored parameters
+    pyro.set_rng_seed(1)
+    torch.testing.assert_close(fresh(x, y)["beta"], expected)
+
+
+def test_clear_errors():
+    def discrete():
+        pyro.sample("k", dist.Bernoulli(0.3))
+
+    def no_latents():
+        pyro.sample("y", dist.Normal(0.0, 1.0), obs=torch.tensor(0.5))
+
+    with pytest.raises(TypeError, match="discrete.*enumerat"):
+        AutoFlow(discrete)()
+    with pytest.raises(ValueError, match="no latent"):
+        AutoFlow(no_latents)()
+    with pytest.raises(ValueError, match="flow must be one of"):
+        AutoFlow(no_latents, flow="glow")
+    with pytest.raises(ValueError, match="warm_start"):
+        AutoFlow(no_latents, warm_start="map")
