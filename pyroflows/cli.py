@@ -46,7 +46,7 @@ def demo(out: str, num_steps: int, seed: int, progress: bool) -> int:
     ref = post.reference_dict()
     print(f"\n{'guide':<12} {'ELBO':>9} {'k-hat':>6} {'tau mean':>9} {'tau sd':>8} {'5%':>7} {'50%':>7} {'95%':>7}")
     draws = {}
-    for label, (idata, seconds) in results.items():
+    for label, (idata, _seconds) in results.items():
         elbo = float(idata.sample_stats["log_weight"].mean())
         tau = idata.posterior["tau"].values.reshape(-1)
         print(_summary_row(label, elbo, idata.attrs["khat"], tau))

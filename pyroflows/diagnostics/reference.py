@@ -33,7 +33,9 @@ class Comparison:
 
     def table(self) -> str:
         rows = [f"{'parameter':>14} {'mean err':>9} {'sd ratio':>9}"]
-        rows += [f"{n:>14} {e:9.3f} {r:9.3f}" for n, e, r in zip(self.names, self.mean_error, self.sd_ratio)]
+        rows += [
+            f"{n:>14} {e:9.3f} {r:9.3f}" for n, e, r in zip(self.names, self.mean_error, self.sd_ratio, strict=True)
+        ]
         return "\n".join(rows)
 
 
