@@ -10,10 +10,11 @@ import time
 import numpy as np
 import pyro
 from pyro.infer import MCMC, NUTS, Predictive
+from pyro.infer.autoguide.initialization import InitMessenger
 
 from pyroflows.diagnostics.draws import draw
 from pyroflows.diagnostics.importance import psis
-from pyroflows.infer.latent import init_to_unconstrained_zero
+from pyroflows.infer.latent import init_to_mean_or_zero
 
 __all__ = ["nuts", "posterior_draws", "to_inference_data"]
 
@@ -55,7 +56,8 @@ def _deterministic_sites(model, samples: dict, args, kwargs) -> dict[str, np.nda
     if not names:
         return {}
     predicted = Predictive(model, posterior_samples=samples, return_sites=names)(*args, **kwargs)
-    return {n: predicted[n].cpu().numpy() for n in names}
+    num = len(next(iter(samples.values())))
+    return {n: predicted[n].cpu().numpy().reshape(num, *trace.nodes[n]["value"].shape) for n in names}
 
 
 def nuts(
@@ -76,7 +78,10 @@ def nuts(
     import arviz as az
 
     pyro.set_rng_seed(seed)
-    kernel = NUTS(model, init_strategy=init_to_unconstrained_zero)
+    # Pyro guesses plate nesting by running the model, sampling its prior;
+    # initialise sites instead so improper priors work.
+    model = InitMessenger(init_to_mean_or_zero)(model)
+    kernel = NUTS(model, init_strategy=init_to_mean_or_zero)
     mcmc = MCMC(
         kernel, num_samples=num_samples, warmup_steps=warmup_steps, num_chains=num_chains, disable_progbar=not progress
     )

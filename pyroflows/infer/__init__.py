@@ -1,17 +1,22 @@
 """Variational inference with flows: autoguides, flow priors, the fit loop."""
 
+from pyroflows.infer.amortized import AmortizedFlow
 from pyroflows.infer.autoguide import PRESETS, AutoFlow, default_options
 from pyroflows.infer.fit import NonFiniteLossError, fit
-from pyroflows.infer.latent import LatentSpace, init_to_unconstrained_zero
+from pyroflows.infer.latent import LatentSpace, init_to_mean_or_zero, init_to_unconstrained_zero
+from pyroflows.infer.prior import FlowPrior
 from pyroflows.infer.warm_start import laplace
 
 __all__ = [
     "PRESETS",
+    "AmortizedFlow",
     "AutoFlow",
+    "FlowPrior",
     "LatentSpace",
     "NonFiniteLossError",
     "default_options",
     "fit",
+    "init_to_mean_or_zero",
     "init_to_unconstrained_zero",
     "laplace",
 ]

@@ -14,7 +14,7 @@ from pyro.infer.autoguide import AutoContinuous
 from pyro.nn import PyroParam
 
 from pyroflows import flows
-from pyroflows.infer.latent import LatentSpace, init_to_unconstrained_zero
+from pyroflows.infer.latent import LatentSpace, init_to_mean_or_zero
 from pyroflows.infer.warm_start import laplace
 from pyroflows.transforms import ActNorm, Spline, TriangularAffine
 
@@ -81,7 +81,7 @@ class AutoFlow(AutoContinuous):
             raise TypeError(f"flow must be a preset name or a callable latent_dim -> transform, got {type(flow)}")
         if warm_start not in ("laplace", None):
             raise ValueError(f"warm_start must be 'laplace' or None, got {warm_start!r}")
-        super().__init__(model, init_loc_fn=init_to_unconstrained_zero)
+        super().__init__(model, init_loc_fn=init_to_mean_or_zero)
         self.flow_spec = flow
         self.flow_options = flow_options
         self.warm_start = warm_start

@@ -54,6 +54,24 @@ class _Stopper:
         return step - self.best_step >= self.patience
 
 
+def _mentions_non_finite(err: Exception) -> bool:
+    text = str(err).lower()
+    return "nan" in text or "inf" in text
+
+
+def _restore(params: list[torch.Tensor], good: list[torch.Tensor]) -> None:
+    if params:
+        with torch.no_grad():
+            torch._foreach_copy_([p.data for p in params], good)
+
+
+def _message(step: int, what: str, detail) -> str:
+    return (
+        f"non-finite {what} at step {step} ({str(detail).splitlines()[0][:200]}); parameters restored to the "
+        "last step with a finite loss. Try a smaller lr, a tighter clip_norm, or check the model for invalid values."
+    )
+
+
 def fit(
     model,
     guide,
@@ -118,6 +136,9 @@ def fit(
             with poutine.trace(param_only=True) as capture:
                 value = elbo.loss_and_grads(model, guide, *args, **kwargs)
         except (ValueError, RuntimeError) as err:
+            if step and _mentions_non_finite(err):  # Pyro's validation caught a NaN first
+                _restore(params, good)
+                raise NonFiniteLossError(_message(step, "value", err)) from err
             if step or loss is not None or not getattr(elbo, "vectorize_particles", False):
                 raise
             warnings.warn(f"vectorised particles failed ({err}); falling back to sequential particles", stacklevel=2)
@@ -132,13 +153,8 @@ def fit(
         grads = [p.grad for p in params if p.grad is not None]
         finite = math.isfinite(value) and all(torch.isfinite(g).all() for g in grads)
         if not finite:
-            with torch.no_grad():
-                torch._foreach_copy_([p.data for p in params], good)
-            what = "loss" if not math.isfinite(value) else "gradient"
-            raise NonFiniteLossError(
-                f"non-finite {what} at step {step} (loss {value}); parameters restored to the last step with a "
-                "finite loss. Try a smaller lr, a tighter clip_norm, or check the model for invalid values."
-            )
+            _restore(params, good)
+            raise NonFiniteLossError(_message(step, "loss" if not math.isfinite(value) else "gradient", value))
         with torch.no_grad():
             torch._foreach_copy_(good, [p.data for p in params])
         if clip_norm is not None and grads:

@@ -1,7 +1,7 @@
 """The unconstrained latent space of a Pyro model, flattened to one vector.
 
-:class:`LatentSpace` traces a model once (without sampling its prior, so
-improper priors work), then maps between flat unconstrained vectors ``z`` of
+:class:`LatentSpace` traces a model once at its prior means (without
+sampling its prior, so improper priors work), then maps between flat unconstrained vectors ``z`` of
 shape (..., D) and dicts of constrained site values, and evaluates the log
 joint density of ``z`` (the model's log density plus the log-Jacobian of the
 ``biject_to`` maps), vectorised over the leading dims of ``z``.
@@ -19,7 +19,7 @@ from pyro.distributions.util import sum_rightmost
 from pyro.infer.autoguide.initialization import InitMessenger
 from pyro.poutine.util import site_is_subsample
 
-__all__ = ["LatentSpace", "init_to_unconstrained_zero", "max_plate_nesting"]
+__all__ = ["LatentSpace", "init_to_mean_or_zero", "init_to_unconstrained_zero", "max_plate_nesting"]
 
 
 def init_to_unconstrained_zero(site: dict) -> torch.Tensor:
@@ -30,8 +30,20 @@ def init_to_unconstrained_zero(site: dict) -> torch.Tensor:
     _check_continuous(site["name"], fn)
     transform = biject_to(fn.support)
     shape = transform.inverse_shape(fn.shape())
-    dtype = fn.mean.dtype if _has_mean(fn) else torch.get_default_dtype()
+    mean = _mean(fn)
+    dtype = mean.dtype if mean is not None else torch.get_default_dtype()
     return transform(torch.zeros(shape, dtype=dtype)).detach()
+
+
+def init_to_mean_or_zero(site: dict) -> torch.Tensor:
+    """Init strategy: the prior mean where it is finite and inside the
+    support, else :func:`init_to_unconstrained_zero`. Never samples."""
+    mean = _mean(site["fn"])
+    if mean is not None and torch.isfinite(mean).all():
+        mean = mean.expand(site["fn"].shape()).detach()
+        if site["fn"].support.check(mean).all():
+            return mean
+    return init_to_unconstrained_zero(site)
 
 
 def _check_continuous(name: str, fn) -> None:
@@ -43,11 +55,12 @@ def _check_continuous(name: str, fn) -> None:
         )
 
 
-def _has_mean(fn) -> bool:
+def _mean(fn) -> torch.Tensor | None:
     try:
-        return isinstance(fn.mean, torch.Tensor)
+        mean = fn.mean
     except (NotImplementedError, AttributeError, ValueError):
-        return False
+        return None
+    return mean if isinstance(mean, torch.Tensor) else None
 
 
 def max_plate_nesting(trace) -> int:
@@ -74,7 +87,7 @@ class LatentSpace:
     def __init__(self, model, *args, **kwargs) -> None:
         self.model = model
         with poutine.block():
-            trace = poutine.trace(InitMessenger(init_to_unconstrained_zero)(model)).get_trace(*args, **kwargs)
+            trace = poutine.trace(InitMessenger(init_to_mean_or_zero)(model)).get_trace(*args, **kwargs)
         self.max_plate_nesting = max_plate_nesting(trace)
         self.sites: dict[str, dict] = {}
         for name, site in _latent_sites(trace):

@@ -105,7 +105,9 @@ def laplace(
     energy = _guarded(lambda z: -space.log_density(z, *args, **kwargs))
     z0 = space.init
     if not torch.isfinite(energy(z0)):
-        raise ValueError("the model's log density is not finite at its initial point (unconstrained zero)")
+        raise ValueError(
+            "the model's log density is not finite at its initial point (prior means, else unconstrained zero)"
+        )
     loc = _newton(energy, _lbfgs(energy, z0, max_iter), newton_steps)
     identity = torch.eye(space.dim, dtype=z0.dtype)
     if not torch.isfinite(energy(loc)):

@@ -92,10 +92,11 @@ def gp_pois_regr(x: torch.Tensor, k: torch.Tensor | None = None) -> None:
     rho = pyro.sample("rho", dist.Gamma(25.0, 4.0))
     alpha = pyro.sample("alpha", dist.HalfNormal(2.0))
     n = len(x)
-    sq_dist = (x[:, None] - x) ** 2
-    cov = alpha[..., None] ** 2 * torch.exp(-sq_dist / (2 * rho[..., None] ** 2))
-    # Stan's jitter 1e-10 only makes sense in float64: factorise there.
-    chol = torch.linalg.cholesky(cov.double() + 1e-10 * torch.eye(n, dtype=torch.float64)).to(cov.dtype)
+    # Stan's jitter 1e-10 only makes sense in float64: build and factorise K there.
+    x64 = x.double()
+    sq_dist = (x64[:, None] - x64) ** 2
+    cov = alpha.double()[..., None] ** 2 * torch.exp(-sq_dist / (2 * rho.double()[..., None] ** 2))
+    chol = torch.linalg.cholesky(cov + 1e-10 * torch.eye(n, dtype=torch.float64)).to(x.dtype)
     with pyro.plate("points", n):
         f_tilde = pyro.sample("f_tilde", dist.Normal(0.0, 1.0))
         f = pyro.deterministic("f", (chol @ f_tilde.unsqueeze(-1)).squeeze(-1))
