@@ -27,8 +27,10 @@ def test_readme_python_snippets_run():
     import torch
 
     blocks = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
-    assert len(blocks) >= 2
+    assert len(blocks) >= 3
     namespace: dict = {}
     exec(blocks[0].replace("range(2000)", "range(3)"), namespace)  # noqa: S102 - our own README
     exec(blocks[1], namespace)  # noqa: S102
     assert namespace["d"].log_prob(torch.randn(10, 3)).shape == (10,)
+    exec(blocks[2].replace("num_steps=2000", "num_steps=20, progress=False"), namespace)  # noqa: S102
+    assert len(namespace["losses"]) == 20

@@ -40,7 +40,11 @@ class AmortizedFlow(PyroModule):
         data: callable ``(*args, **kwargs) -> tensor`` of all data, first dim
             the plate size.
         encoder: ``nn.Module`` mapping a batch of data to (batch, context_dim).
-        num_transforms, hidden_dims, count_bins, bound: flow options.
+        context_dim: size of the encoder's output.
+        num_transforms: spline autoregressive layers (0: Gaussian guide).
+        hidden_dims: hidden sizes of each layer's MADE.
+        count_bins: spline bins.
+        bound: the spline box is [-bound, bound].
 
     Example:
         >>> enc = nn.Sequential(nn.Linear(3, 8), nn.ReLU())

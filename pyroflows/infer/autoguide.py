@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import Any
 
 import pyro
 import pyro.distributions as dist
@@ -74,7 +75,9 @@ class AutoFlow(AutoContinuous):
         torch.Size([2])
     """
 
-    def __init__(self, model, flow: str | Callable = "nsf", *, warm_start: str | None = "laplace", **flow_options):
+    def __init__(
+        self, model: Callable, flow: str | Callable = "nsf", *, warm_start: str | None = "laplace", **flow_options: Any
+    ):
         if isinstance(flow, str) and flow not in PRESETS:
             raise ValueError(f"flow must be one of {sorted(PRESETS)} or a callable, got {flow!r}")
         if not isinstance(flow, str) and not callable(flow):
