@@ -98,6 +98,9 @@ def test_median_and_quantiles_are_ordered_and_constrained():
     assert q["scale"].shape == (3,) and (q["scale"] > 0).all()
     assert (q["p"][0] < q["p"][1]) and (q["p"][1] < q["p"][2])
     assert set(guide.median()) == {"scale", "p", "w"}
+    samples = guide.sample_posterior(500)
+    assert samples["w"].shape == (500, 3) and (samples["scale"] > 0).all()
+    torch.testing.assert_close(samples["w"].sum(-1), torch.ones(500))
     predicted = Predictive(model_with_constraints, guide=guide, num_samples=7)()
     assert predicted["w"].shape == (7, 3)
     with pytest.raises(ValueError, match="quantiles"):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -21,6 +22,7 @@ from pyroflows.transforms import ActNorm, Spline, TriangularAffine
 
 __all__ = ["AutoFlow", "PRESETS", "default_options"]
 
+LARGE_LATENT_DIM = 500  # above this the Laplace warm start warns about its O(D^2) cost
 PRESETS: dict[str, Callable] = {"nsf": flows.nsf, "iaf": flows.iaf, "realnvp": flows.realnvp, "nice": flows.nice}
 
 
@@ -95,6 +97,12 @@ class AutoFlow(AutoContinuous):
         if space.dim != self.latent_dim:
             raise RuntimeError(f"latent size mismatch: {space.dim} vs {self.latent_dim}")
         if self.warm_start == "laplace":
+            if space.dim > LARGE_LATENT_DIM:
+                warnings.warn(
+                    f"Laplace warm start over {space.dim} latents costs {space.dim} Hessian-vector products and a "
+                    f"{space.dim}x{space.dim} factorisation; pass warm_start=None to skip it",
+                    stacklevel=3,
+                )
             loc, scale_tril = laplace(space, *args, **kwargs)
         else:
             loc, scale_tril = space.init, torch.eye(space.dim, dtype=space.init.dtype)
@@ -131,6 +139,18 @@ class AutoFlow(AutoContinuous):
 
     def _unconstrained_draws(self, num_samples: int) -> torch.Tensor:
         return self.get_posterior().sample((num_samples,))
+
+    @torch.no_grad()
+    def sample_posterior(self, num_samples: int, *args, **kwargs) -> dict[str, torch.Tensor]:
+        """``num_samples`` draws of every latent site, (num_samples, *site shape)
+        each (use :func:`pyroflows.diagnostics.draw` for deterministic sites too)."""
+        if self.prototype_trace is None:
+            self._setup_prototype(*args, **kwargs)
+        draws = self._unconstrained_draws(num_samples)
+        return {
+            site["name"]: biject_to(site["fn"].support)(unconstrained)
+            for site, unconstrained in self._unpack_latent(draws)
+        }
 
     @torch.no_grad()
     def median(self, *args, num_samples: int = 4000, **kwargs):
