@@ -27,12 +27,14 @@ from pyroflows.transforms import (
     AffineCoupling,
     ConditionalFlowTransform,
     FlowTransform,
+    LogDetEstimator,
+    Residual,
     Reverse,
     SplineAutoregressive,
     SplineCoupling,
 )
 
-__all__ = ["iaf", "maf", "nice", "nsf", "realnvp"]
+__all__ = ["iaf", "maf", "nice", "nsf", "realnvp", "resflow"]
 
 
 def _check(input_dim: int, num_transforms: int) -> None:
@@ -174,3 +176,39 @@ def nsf(
             context_dim,
         )
     raise ValueError(f"variant must be 'coupling' or 'autoregressive', got {variant!r}")
+
+
+def resflow(
+    input_dim: int,
+    context_dim: int | None = None,
+    num_transforms: int = 4,
+    hidden_dims: Sequence[int] = (64, 64),
+    coeff: float = 0.97,
+    log_det: LogDetEstimator | None = None,
+    actnorm: bool = True,
+    atol: float = 1e-6,
+    max_iterations: int = 200,
+):
+    """Residual flow (arXiv:1906.02735): residual blocks ``x = y + g(y)`` with
+    Lip(g) <= ``coeff`` < 1, each followed by an :class:`ActNorm` (data
+    initialised) when ``actnorm``. Density evaluation is one pass per block;
+    sampling solves a fixed point per block. ``log_det`` defaults to the
+    unbiased Russian-roulette estimator; pass ``LogDetEstimator("exact")`` for
+    small ``input_dim``."""
+    _check(input_dim, num_transforms)
+    layers: list[FlowTransform] = []
+    for _ in range(num_transforms):
+        layers.append(
+            Residual(
+                input_dim,
+                hidden_dims,
+                context_dim,
+                coeff=coeff,
+                log_det=log_det,
+                atol=atol,
+                max_iterations=max_iterations,
+            )
+        )
+        if actnorm:
+            layers.append(ActNorm(input_dim))
+    return _compose(layers, context_dim)

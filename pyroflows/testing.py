@@ -141,6 +141,8 @@ def check_log_det(case: TransformCase, dtype=torch.float64) -> None:
         ctx = None if context is None else context[i]
         jac = torch.autograd.functional.jacobian(lambda v, c=ctx: kernel._forward_and_log_det(v, c)[0], x[i])
         _, expected = torch.linalg.slogdet(jac.reshape(x[i].numel(), x[i].numel()))
+        if not torch.isfinite(expected):
+            raise AssertionError(f"the autograd Jacobian of the forward map is singular (log|det| {expected})")
         y_i, log_det = kernel.forward_and_log_det(x[i], ctx)
         _close(log_det, expected, atol * max(1.0, abs(expected.item())), "forward log_det vs Jacobian")
         _, log_det_inv = kernel.inverse_and_log_det(y_i, ctx)

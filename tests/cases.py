@@ -87,8 +87,21 @@ CASES = [
     TransformCase(
         "triangular_affine", lambda: T.TriangularAffine(D), identity_at_init=True, perturb=0.3, triangular=True
     ),
+    TransformCase(
+        "residual",
+        lambda: T.Residual(D, hidden_dims=(16,), log_det=T.LogDetEstimator("exact"), atol=1e-12),
+        identity_at_init=True,
+        perturb=0.3,
+        inverse_atol_float32=1e-4,
+    ),
     TransformCase("actnorm", lambda: T.ActNorm(D), prepare=_init_actnorm),
     TransformCase("batchnorm", lambda: T.BatchNorm(D), prepare=_eval_batchnorm),
+    TransformCase(
+        "cond_residual",
+        lambda: T.ConditionalResidual(D, C, hidden_dims=(16,), log_det=T.LogDetEstimator("exact"), atol=1e-12),
+        identity_at_init=True,
+        perturb=0.3,
+    ),
     TransformCase(
         "cond_additive_coupling", lambda: T.ConditionalAdditiveCoupling(D, C, hidden_dims=(16,)), identity_at_init=True
     ),

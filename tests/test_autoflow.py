@@ -67,7 +67,7 @@ def model_with_constraints():
     pyro.sample("w", dist.Dirichlet(torch.ones(3)))
 
 
-@pytest.mark.parametrize("flow", ["nsf", "iaf", "realnvp", "nice"])
+@pytest.mark.parametrize("flow", ["nsf", "iaf", "realnvp", "nice", "resflow"])
 def test_presets_sample_constrained_sites(flow):
     guide = AutoFlow(model_with_constraints, flow=flow)
     sample = guide()
@@ -145,3 +145,17 @@ def test_clear_errors():
         AutoFlow(no_latents, flow="glow")
     with pytest.raises(ValueError, match="warm_start"):
         AutoFlow(no_latents, warm_start="map")
+
+
+def test_resflow_preset_fits_a_banana():
+    def banana():
+        x = pyro.sample("x", dist.Normal(0.0, 1.0))
+        pyro.sample("y", dist.Normal(x**2, 0.5))
+
+    guide = AutoFlow(banana, flow="resflow", num_transforms=2, hidden_dims=(32, 32))
+    guide()
+    before = draw(banana, guide, num_samples=2000).samples["y"].mean()
+    losses = fit(banana, guide, num_steps=300, lr=0.01, progress=False, seed=0)
+    after = draw(banana, guide, num_samples=2000).samples["y"].mean()
+    assert losses[-50:].mean() < losses[:50].mean() - 0.5
+    assert after > before + 0.1  # moving from the Laplace fit at the mode towards E[y] = E[x^2] = 1

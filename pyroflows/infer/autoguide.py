@@ -18,12 +18,19 @@ from pyro.nn import PyroParam
 from pyroflows import flows
 from pyroflows.infer.latent import LatentSpace, init_to_mean_or_zero
 from pyroflows.infer.warm_start import laplace
-from pyroflows.transforms import ActNorm, Spline, TriangularAffine
+from pyroflows.transforms import ActNorm, LogDetEstimator, Spline, TriangularAffine
 
 __all__ = ["AutoFlow", "PRESETS", "default_options"]
 
 LARGE_LATENT_DIM = 500  # above this the Laplace warm start warns about its O(D^2) cost
-PRESETS: dict[str, Callable] = {"nsf": flows.nsf, "iaf": flows.iaf, "realnvp": flows.realnvp, "nice": flows.nice}
+PRESETS: dict[str, Callable] = {
+    "nsf": flows.nsf,
+    "iaf": flows.iaf,
+    "realnvp": flows.realnvp,
+    "nice": flows.nice,
+    "resflow": flows.resflow,
+}
+EXACT_LOG_DET_MAX_DIM = 16  # resflow preset: exact log-det up to this latent size, Russian roulette above
 
 
 def default_options(flow: str, latent_dim: int) -> dict:
@@ -37,12 +44,16 @@ def default_options(flow: str, latent_dim: int) -> dict:
     count_bins (nsf)  8; the spline box is [-5, 5] (whitened space)
     nsf variant       autoregressive, IAF mode (sampling and the
                       density of its own samples in one pass)
+    resflow log-det   exact if D <= 16, else Russian roulette
     ================  ==============================================
     """
     width = min(256, max(32, 4 * latent_dim))
     options: dict = {"num_transforms": 2 if latent_dim <= 10 else 3, "hidden_dims": (width, width)}
     if flow == "nsf":
         options.update(count_bins=8, bound=5.0, variant="autoregressive", mode="iaf")
+    if flow == "resflow":
+        method = "exact" if latent_dim <= EXACT_LOG_DET_MAX_DIM else "roulette"
+        options.update(log_det=LogDetEstimator(method), actnorm=False)
     return options
 
 
@@ -61,7 +72,7 @@ class AutoFlow(AutoContinuous):
 
     Args:
         model: a Pyro model.
-        flow: a preset (``"nsf"``, ``"iaf"``, ``"realnvp"``, ``"nice"``) or a
+        flow: a preset (``"nsf"``, ``"iaf"``, ``"realnvp"``, ``"nice"``, ``"resflow"``) or a
             callable ``latent_dim -> TransformModule``.
         warm_start: ``"laplace"`` (default) or ``None`` (preconditioner
             ``N(init, I)`` with the model at unconstrained zero).

@@ -19,8 +19,10 @@ from pyroflows.transforms.coupling import (
     SplineCoupling,
 )
 from pyroflows.transforms.linear import LULinear, Permute, Reverse, TriangularAffine
+from pyroflows.transforms.logdet import LogDetEstimator
 from pyroflows.transforms.masks import alternating_mask, checkerboard_mask, half_mask
 from pyroflows.transforms.normalization import ActNorm, BatchNorm
+from pyroflows.transforms.residual import ConditionalResidual, Residual, ResidualNotConverged
 from pyroflows.transforms.spline import Spline
 from pyroflows.transforms.univariate import RationalQuadraticSpline, ScaleShift, Shift, UnivariateMap
 
@@ -36,13 +38,17 @@ __all__ = [
     "ConditionalAffineCoupling",
     "ConditionalFlowTransform",
     "ConditionalSplineAutoregressive",
+    "ConditionalResidual",
     "ConditionalSplineCoupling",
     "ConditionedFlowTransform",
     "Coupling",
     "FlowTransform",
     "LULinear",
+    "LogDetEstimator",
     "Permute",
     "RationalQuadraticSpline",
+    "Residual",
+    "ResidualNotConverged",
     "Reverse",
     "ScaleShift",
     "Shift",

@@ -1,0 +1,134 @@
+"""Lipschitz-constrained networks for residual flows (arXiv:1811.00995, 1906.02735)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["LipSwish", "LipschitzMLP", "SpectralNormLinear"]
+
+
+class LipSwish(nn.Module):
+    """``x * sigmoid(beta x) / 1.1`` with learnable ``beta > 0``: 1-Lipschitz."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.raw_beta = nn.Parameter(torch.tensor(0.5))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.sigmoid(F.softplus(self.raw_beta) * x) / 1.1
+
+
+class SpectralNormLinear(nn.Linear):
+    """Linear layer whose weight is rescaled to spectral norm at most ``coeff``.
+
+    The spectral norm is estimated by power iteration, run to ``tol`` (at
+    most ``max_iterations``) whenever the weight changes and warm-started from
+    the last vectors, so the layer is one fixed function between optimiser
+    steps (forward and fixed-point inverse see the same map).
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        coeff: float = 0.97,
+        tol: float = 1e-6,
+        max_iterations: int = 200,
+        zero_init: bool = False,
+    ) -> None:
+        super().__init__(in_features, out_features)
+        if not 0 < coeff:
+            raise ValueError(f"coeff must be positive, got {coeff}")
+        self.coeff, self.tol, self.max_iterations = coeff, tol, max_iterations
+        if zero_init:
+            nn.init.zeros_(self.weight)
+            nn.init.zeros_(self.bias)
+        gen = torch.Generator().manual_seed(0)
+        self.register_buffer("u", F.normalize(torch.randn(out_features, generator=gen), dim=0))
+        self.register_buffer("v", F.normalize(torch.randn(in_features, generator=gen), dim=0))
+        self.register_buffer("synced", torch.tensor(False))  # u, v belong to the saved weight
+        self._seen: tuple | None = None
+
+    def _key(self) -> tuple:
+        return (self.weight._version, self.weight.data_ptr(), self.weight.dtype)
+
+    def __getstate__(self):
+        state = dict(super().__getstate__())
+        state["_seen"] = "synced" if self._seen == self._key() else None  # pointers do not survive pickling
+        return state
+
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        self._seen = self._key() if state.get("_seen") == "synced" else None
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        self.synced.fill_(self._seen == self._key())
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        # the loaded vectors match the loaded weight: no new iteration, so outputs round-trip exactly
+        self._seen = self._key() if bool(self.synced) else None
+
+    @torch.no_grad()
+    def _power_iteration(self) -> None:
+        key = self._key()
+        if key == self._seen:
+            return
+        w, u, v = self.weight, self.u.to(self.weight.dtype), self.v.to(self.weight.dtype)
+        sigma = torch.zeros((), dtype=w.dtype)
+        for _ in range(self.max_iterations):
+            v = F.normalize(w.T @ u, dim=0, eps=1e-12)
+            u = F.normalize(w @ v, dim=0, eps=1e-12)
+            new = u @ w @ v
+            if (new - sigma).abs() <= self.tol * new.abs().clamp(min=1e-12):
+                break
+            sigma = new
+        if u.norm() > 0.5 and v.norm() > 0.5:  # a zero weight leaves the vectors as they were
+            self.u.copy_(u)
+            self.v.copy_(v)
+        self._seen = key
+
+    def normalized_weight(self) -> torch.Tensor:
+        self._power_iteration()
+        sigma = self.u.to(self.weight.dtype) @ self.weight @ self.v.to(self.weight.dtype)
+        return self.weight / torch.clamp(sigma / self.coeff, min=1.0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.normalized_weight(), self.bias)
+
+
+class LipschitzMLP(nn.Module):
+    """MLP with spectrally normalised layers and LipSwish activations:
+    Lipschitz constant at most ``coeff`` in its input. The last layer starts
+    at zero (the residual block starts at the identity). A context is
+    concatenated to the input (the bound holds in the input for any context).
+    """
+
+    def __init__(
+        self,
+        features: int,
+        hidden_dims: Sequence[int] = (64, 64),
+        coeff: float = 0.97,
+        context_dim: int | None = None,
+    ) -> None:
+        super().__init__()
+        self.context_dim = context_dim
+        sizes = [features + (context_dim or 0), *hidden_dims, features]
+        layers: list[nn.Module] = []
+        for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
+            last = i == len(sizes) - 2
+            layers.append(SpectralNormLinear(a, b, coeff=coeff, zero_init=last))
+            if not last:
+                layers.append(LipSwish())
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+        if context is not None:
+            batch = torch.broadcast_shapes(x.shape[:-1], context.shape[:-1])
+            x = torch.cat([x.expand(*batch, x.shape[-1]), context.expand(*batch, context.shape[-1])], -1)
+        return self.net(x)
