@@ -26,6 +26,7 @@ from pyroflows.transforms import (
     AffineAutoregressive,
     AffineCoupling,
     ConditionalFlowTransform,
+    ContinuousFlow,
     FlowTransform,
     LogDetEstimator,
     Residual,
@@ -34,7 +35,7 @@ from pyroflows.transforms import (
     SplineCoupling,
 )
 
-__all__ = ["iaf", "maf", "nice", "nsf", "realnvp", "resflow"]
+__all__ = ["ffjord", "iaf", "maf", "nice", "nsf", "realnvp", "resflow"]
 
 
 def _check(input_dim: int, num_transforms: int) -> None:
@@ -211,4 +212,37 @@ def resflow(
         )
         if actnorm:
             layers.append(ActNorm(input_dim))
+    return _compose(layers, context_dim)
+
+
+def ffjord(
+    input_dim: int,
+    context_dim: int | None = None,
+    num_transforms: int = 1,
+    hidden_dims: Sequence[int] = (64, 64),
+    trace: str | None = None,
+    regularize: bool = False,
+    method: str = "dopri5",
+    rtol: float = 1e-5,
+    atol: float = 1e-5,
+    adjoint: bool = False,
+):
+    """FFJORD (arXiv:1810.01367): ``num_transforms`` continuous flows in a row.
+    ``trace`` defaults to exact for ``input_dim <= 8``, Hutchinson above."""
+    _check(input_dim, num_transforms)
+    trace = trace or ("exact" if input_dim <= 8 else "hutchinson")
+    layers: list[FlowTransform] = [
+        ContinuousFlow(
+            input_dim,
+            hidden_dims,
+            context_dim,
+            trace=trace,
+            regularize=regularize,
+            method=method,
+            rtol=rtol,
+            atol=atol,
+            adjoint=adjoint,
+        )
+        for _ in range(num_transforms)
+    ]
     return _compose(layers, context_dim)

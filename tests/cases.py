@@ -94,8 +94,22 @@ CASES = [
         perturb=0.3,
         inverse_atol_float32=1e-4,
     ),
+    TransformCase(
+        "continuous_flow",
+        lambda: T.ContinuousFlow(D, hidden_dims=(16,), method="rk4", step_size=0.05),
+        identity_at_init=True,
+        perturb=0.3,
+        inverse_atol=1e-6,
+        inverse_atol_float32=1e-4,
+    ),
     TransformCase("actnorm", lambda: T.ActNorm(D), prepare=_init_actnorm),
     TransformCase("batchnorm", lambda: T.BatchNorm(D), prepare=_eval_batchnorm),
+    TransformCase(
+        "cond_continuous_flow",
+        lambda: T.ConditionalContinuousFlow(D, C, hidden_dims=(16,), method="rk4", step_size=0.05),
+        identity_at_init=True,
+        perturb=0.3,
+    ),
     TransformCase(
         "cond_residual",
         lambda: T.ConditionalResidual(D, C, hidden_dims=(16,), log_det=T.LogDetEstimator("exact"), atol=1e-12),

@@ -67,7 +67,7 @@ def model_with_constraints():
     pyro.sample("w", dist.Dirichlet(torch.ones(3)))
 
 
-@pytest.mark.parametrize("flow", ["nsf", "iaf", "realnvp", "nice", "resflow"])
+@pytest.mark.parametrize("flow", ["nsf", "iaf", "realnvp", "nice", "resflow", "ffjord"])
 def test_presets_sample_constrained_sites(flow):
     guide = AutoFlow(model_with_constraints, flow=flow)
     sample = guide()

@@ -29,6 +29,7 @@ PRESETS: dict[str, Callable] = {
     "realnvp": flows.realnvp,
     "nice": flows.nice,
     "resflow": flows.resflow,
+    "ffjord": flows.ffjord,
 }
 EXACT_LOG_DET_MAX_DIM = 16  # resflow preset: exact log-det up to this latent size, Russian roulette above
 
@@ -45,12 +46,16 @@ def default_options(flow: str, latent_dim: int) -> dict:
     nsf variant       autoregressive, IAF mode (sampling and the
                       density of its own samples in one pass)
     resflow log-det   exact if D <= 16, else Russian roulette
+    ffjord            one continuous flow, dopri5, exact trace if
+                      D <= 8, else Hutchinson
     ================  ==============================================
     """
     width = min(256, max(32, 4 * latent_dim))
     options: dict = {"num_transforms": 2 if latent_dim <= 10 else 3, "hidden_dims": (width, width)}
     if flow == "nsf":
         options.update(count_bins=8, bound=5.0, variant="autoregressive", mode="iaf")
+    if flow == "ffjord":
+        options = {"num_transforms": 1, "hidden_dims": (width, width)}
     if flow == "resflow":
         method = "exact" if latent_dim <= EXACT_LOG_DET_MAX_DIM else "roulette"
         options.update(log_det=LogDetEstimator(method), actnorm=False)
@@ -72,7 +77,7 @@ class AutoFlow(AutoContinuous):
 
     Args:
         model: a Pyro model.
-        flow: a preset (``"nsf"``, ``"iaf"``, ``"realnvp"``, ``"nice"``, ``"resflow"``) or a
+        flow: a preset (``"nsf"``, ``"iaf"``, ``"realnvp"``, ``"nice"``, ``"resflow"``, ``"ffjord"``) or a
             callable ``latent_dim -> TransformModule``.
         warm_start: ``"laplace"`` (default) or ``None`` (preconditioner
             ``N(init, I)`` with the model at unconstrained zero).

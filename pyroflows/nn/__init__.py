@@ -3,5 +3,15 @@
 from pyroflows.nn.dense import DenseNN
 from pyroflows.nn.lipschitz import LipschitzMLP, LipSwish, SpectralNormLinear
 from pyroflows.nn.made import MADE, MaskedLinear
+from pyroflows.nn.odenet import ConcatSquashLinear, ConcatSquashMLP
 
-__all__ = ["MADE", "DenseNN", "LipSwish", "LipschitzMLP", "MaskedLinear", "SpectralNormLinear"]
+__all__ = [
+    "MADE",
+    "ConcatSquashLinear",
+    "ConcatSquashMLP",
+    "DenseNN",
+    "LipSwish",
+    "LipschitzMLP",
+    "MaskedLinear",
+    "SpectralNormLinear",
+]

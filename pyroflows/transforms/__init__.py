@@ -9,6 +9,7 @@ from pyroflows.transforms.autoregressive import (
     SplineAutoregressive,
 )
 from pyroflows.transforms.base import ConditionalFlowTransform, ConditionedFlowTransform, FlowTransform
+from pyroflows.transforms.continuous import ConditionalContinuousFlow, ContinuousFlow
 from pyroflows.transforms.coupling import (
     AdditiveCoupling,
     AffineCoupling,
@@ -38,9 +39,11 @@ __all__ = [
     "ConditionalAffineCoupling",
     "ConditionalFlowTransform",
     "ConditionalSplineAutoregressive",
+    "ConditionalContinuousFlow",
     "ConditionalResidual",
     "ConditionalSplineCoupling",
     "ConditionedFlowTransform",
+    "ContinuousFlow",
     "Coupling",
     "FlowTransform",
     "LULinear",
