@@ -62,8 +62,12 @@ class ContinuousFlow(FlowTransform):
         regularize: also integrate the kinetic energy ``|f|^2`` and the
             Jacobian Frobenius norm (RNODE); read them from
             :attr:`last_regularization` after a call and add them to the loss.
-        method, rtol, atol, step_size: solver settings (``step_size`` for
-            fixed-step methods such as ``"rk4"``).
+        method: torchdiffeq solver (``"dopri5"``, ``"rk4"``, ...).
+        rtol: relative tolerance of adaptive solvers.
+        atol: absolute tolerance of adaptive solvers.
+        step_size: step of fixed-step solvers such as ``"rk4"``.
+        adjoint: integrate gradients backwards (``odeint_adjoint``): memory
+            flat in the number of steps.
 
     After each call :attr:`last_nfe` holds the number of velocity evaluations.
 
