@@ -48,3 +48,12 @@ def test_vae_tutorial_reports_a_finite_test_elbo_for_each_vae(capsys):
     # 64 pixels, Binomial(16): a uniform model scores 64 * log(17), about -181 nats per image.
     assert all(math.isfinite(v) and -600 < v < 0 for v in results.values())
     assert "test ELBO" in capsys.readouterr().out
+
+
+def test_free_form_tutorial_trains_three_flows_and_plots(tmp_path, capsys):
+    out = tmp_path / "free_form.png"
+    results = _load("free_form_2d").main(["--steps", "15", "--out", str(out)])
+    assert set(results) == {"NSF", "residual flow", "FFJORD"}
+    assert all(math.isfinite(v) for v in results.values())
+    assert out.stat().st_size > 10_000
+    assert "FFJORD" in capsys.readouterr().out
