@@ -25,10 +25,11 @@ class LipSwish(nn.Module):
 class SpectralNormLinear(nn.Linear):
     """Linear layer whose weight is rescaled to spectral norm at most ``coeff``.
 
-    The spectral norm is estimated by power iteration, run to ``tol`` (at
-    most ``max_iterations``) whenever the weight changes and warm-started from
-    the last vectors, so the layer is one fixed function between optimiser
-    steps (forward and fixed-point inverse see the same map).
+    The spectral norm is estimated by power iteration whenever the weight
+    changes: to ``tol`` (at most ``max_iterations``) the first time, then
+    ``warm_iterations`` steps warm-started from the last vectors (the weight
+    moves little per optimiser step). Between weight changes the layer is one
+    fixed function, so forward and fixed-point inverse see the same map.
     """
 
     def __init__(
@@ -38,12 +39,14 @@ class SpectralNormLinear(nn.Linear):
         coeff: float = 0.97,
         tol: float = 1e-6,
         max_iterations: int = 200,
+        warm_iterations: int = 2,
         zero_init: bool = False,
     ) -> None:
         super().__init__(in_features, out_features)
         if not 0 < coeff:
             raise ValueError(f"coeff must be positive, got {coeff}")
-        self.coeff, self.tol, self.max_iterations = coeff, tol, max_iterations
+        self.coeff, self.tol, self.max_iterations, self.warm_iterations = coeff, tol, max_iterations, warm_iterations
+        self._warm = False
         if zero_init:
             nn.init.zeros_(self.weight)
             nn.init.zeros_(self.bias)
@@ -80,14 +83,20 @@ class SpectralNormLinear(nn.Linear):
         if key == self._seen:
             return
         w, u, v = self.weight, self.u.to(self.weight.dtype), self.v.to(self.weight.dtype)
-        sigma = torch.zeros((), dtype=w.dtype)
-        for _ in range(self.max_iterations):
-            v = F.normalize(w.T @ u, dim=0, eps=1e-12)
-            u = F.normalize(w @ v, dim=0, eps=1e-12)
-            new = u @ w @ v
-            if (new - sigma).abs() <= self.tol * new.abs().clamp(min=1e-12):
-                break
-            sigma = new
+        if self._warm and self.warm_iterations:
+            for _ in range(self.warm_iterations):
+                v = F.normalize(w.T @ u, dim=0, eps=1e-12)
+                u = F.normalize(w @ v, dim=0, eps=1e-12)
+        else:
+            sigma = torch.zeros((), dtype=w.dtype)
+            for _ in range(self.max_iterations):
+                v = F.normalize(w.T @ u, dim=0, eps=1e-12)
+                u = F.normalize(w @ v, dim=0, eps=1e-12)
+                new = u @ w @ v
+                if (new - sigma).abs() <= self.tol * new.abs().clamp(min=1e-12):
+                    break
+                sigma = new
+            self._warm = bool(u.norm() > 0.5)
         if u.norm() > 0.5 and v.norm() > 0.5:  # a zero weight leaves the vectors as they were
             self.u.copy_(u)
             self.v.copy_(v)
