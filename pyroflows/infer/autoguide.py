@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -194,7 +193,3 @@ class AutoFlow(AutoContinuous):
     def extra_repr(self) -> str:
         dim = getattr(self, "latent_dim", None)
         return f"flow={self.flow_spec!r}, warm_start={self.warm_start!r}, latent_dim={dim}"
-
-
-def _num_params(module) -> int:
-    return sum(math.prod(p.shape) for p in module.parameters())

@@ -151,19 +151,20 @@ def fit(
             optimizer = torch.optim.Adam(params, lr=lr)
             good = [p.detach().clone() for p in params]
         grads = [p.grad for p in params if p.grad is not None]
-        finite = math.isfinite(value) and all(torch.isfinite(g).all() for g in grads)
+        # one global norm serves the finiteness check and the clipping (a single sync per step)
+        norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads))).item() if grads else 0.0
+        finite = math.isfinite(value) and math.isfinite(norm)
         if not finite:
             _restore(params, good)
             raise NonFiniteLossError(_message(step, "loss" if not math.isfinite(value) else "gradient", value))
         with torch.no_grad():
             torch._foreach_copy_(good, [p.data for p in params])
-        if clip_norm is not None and grads:
-            torch.nn.utils.clip_grad_norm_(params, clip_norm)
+        if clip_norm is not None and norm > clip_norm:
+            torch._foreach_mul_(grads, clip_norm / (norm + 1e-6))
         for group in optimizer.param_groups:
             group["lr"] = lr * learning_rate_factor(step, num_steps, warmup, final_lr)
         optimizer.step()
-        for p in params:
-            p.grad = None
+        optimizer.zero_grad(set_to_none=True)
         losses.append(value)
         if progress and step % 25 == 0:
             bar.set_postfix(loss=f"{np.mean(losses[-25:]):.4g}")

@@ -117,8 +117,7 @@ class LatentSpace:
 
     def unpack(self, z: torch.Tensor) -> dict[str, torch.Tensor]:
         """Constrained site values for latents ``z`` of shape (S, D) (or (D,))."""
-        values = self._unpack(z)[0]
-        return values
+        return self._unpack(z)[0]
 
     def _unpack(self, z: torch.Tensor):
         single = z.dim() == 1
