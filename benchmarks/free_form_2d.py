@@ -12,22 +12,33 @@ Same data sets and splits as ``density_2d`` (FFJORD's generators, 20k train /
   with the RNODE regularisers (kinetic + Jacobian Frobenius, weight
   ``--rnode`` each): NFE per training step.
 
+Timing runs one torch thread per process (batch 512 in 2-D), so two runs
+can share the 2-core machine; numpy's global RNG is seeded too (normflows
+draws its roulette series lengths from it).
+
     python benchmarks/free_form_2d.py                                   # the full run (slow)
     python benchmarks/free_form_2d.py --datasets 8gaussians --steps 300  # quick
+    python benchmarks/free_form_2d.py --combine a b --results both      # one table from runs made apart
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import statistics
 import time
+
+import numpy as np
 
 import pyro.distributions as dist
 import torch
-from common import save, table
+from common import RESULTS, save, table
 
 import pyroflows
 from pyroflows.datasets import TOY_2D, toy_2d
 from pyroflows.transforms import ContinuousFlow, LogDetEstimator, Residual
+
+RNODE_WEIGHT = 0.05
 
 
 def _pyroflows_model(flow):
@@ -73,6 +84,7 @@ def _exact_eval(module):
 
 def run(name: str, dataset: str, steps: int, blocks: int, rnode: float, seed: int) -> dict:
     torch.manual_seed(seed)
+    np.random.seed(seed)
     train, test = toy_2d(dataset, 20_000, seed=seed), toy_2d(dataset, 5_000, seed=seed + 1)
     module, log_prob = build(name, blocks)
     with torch.no_grad():  # data-dependent ActNorm initialisation
@@ -96,7 +108,39 @@ def run(name: str, dataset: str, steps: int, blocks: int, rnode: float, seed: in
     with torch.no_grad():
         nll = -torch.cat([log_prob(chunk) for chunk in test.split(1000)]).mean().item()
     nfe_per_step = nfe / steps if _ffjord_layers(module) else None  # peers do not expose their NFE
-    return {"dataset": dataset, "model": name, "test_nll": nll, "ms_per_step": ms, "nfe_per_step": nfe_per_step}
+    return {
+        "dataset": dataset,
+        "model": name,
+        "seed": seed,
+        "test_nll": nll,
+        "ms_per_step": ms,
+        "nfe_per_step": nfe_per_step,
+    }
+
+
+PAIRS = {"pyroflows-resflow": "normflows-residual", "pyroflows-ffjord": "zuko-cnf", "pyroflows-ffjord-rnode": "pyroflows-ffjord"}
+
+
+def summarise(rows: list[dict]) -> list[dict]:
+    """Mean over seeds per (data set, model), with each pyroflows model against its reference."""
+    keys = list(dict.fromkeys((r["dataset"], r["model"]) for r in rows))
+    out = []
+    for dataset, model in keys:
+        group = [r for r in rows if (r["dataset"], r["model"]) == (dataset, model)]
+        row = {"dataset": dataset, "model": model, "seeds": len(group)}
+        for field in ("test_nll", "ms_per_step", "nfe_per_step"):
+            values = [r[field] for r in group if r[field] is not None]
+            row[field] = statistics.mean(values) if values else None
+        out.append(row)
+    for row in out:
+        ref = next((r for r in out if r["dataset"] == row["dataset"] and r["model"] == PAIRS.get(row["model"])), None)
+        if ref is not None:
+            row["vs"] = ref["model"]
+            row["nll_minus_ref"] = row["test_nll"] - ref["test_nll"]
+            row["time_ratio"] = row["ms_per_step"] / ref["ms_per_step"]
+            if row["nfe_per_step"] and ref["nfe_per_step"]:
+                row["nfe_ratio"] = row["nfe_per_step"] / ref["nfe_per_step"]
+    return out
 
 
 def main() -> None:
@@ -109,17 +153,23 @@ def main() -> None:
     )
     parser.add_argument("--steps", type=int, default=2000)
     parser.add_argument("--blocks", type=int, default=8)
-    parser.add_argument("--rnode", type=float, default=0.01)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--rnode", type=float, default=RNODE_WEIGHT)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--results", default="free_form_2d")
+    parser.add_argument("--combine", nargs="+", default=[], help="results files to merge instead of running")
     args = parser.parse_args()
-    rows = []
-    for dataset in args.datasets:
+    torch.set_num_threads(args.threads)
+    rows = [row for name in args.combine for row in json.loads((RESULTS / f"{name}.json").read_text())["rows"]]
+    for dataset in args.datasets if not args.combine else ():
         for name in args.models:
-            rows.append(run(name, dataset, args.steps, args.blocks, args.rnode, args.seed))
-            print(rows[-1], flush=True)
-    print(table(rows, ["dataset", "model", "test_nll", "ms_per_step", "nfe_per_step"]))
-    save(args.results, {"args": vars(args), "rows": rows})
+            for seed in args.seeds:
+                rows.append(run(name, dataset, args.steps, args.blocks, args.rnode, seed))
+                print(rows[-1], flush=True)
+    summary = summarise(rows)
+    columns = ["dataset", "model", "seeds", "test_nll", "ms_per_step", "nfe_per_step", "vs"]
+    print(table(summary, [*columns, "nll_minus_ref", "time_ratio", "nfe_ratio"]))
+    print("wrote", save(args.results, {"args": vars(args), "summary": summary, "rows": rows}))
 
 
 if __name__ == "__main__":

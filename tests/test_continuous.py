@@ -50,6 +50,18 @@ def test_nfe_and_rnode_regularisers_are_exposed():
     assert (reg["kinetic"] >= (y - x).pow(2).sum(-1) - 1e-6).all()
 
 
+def test_regularisers_do_not_change_the_solve():
+    x = torch.randn(5, 3, dtype=torch.float64)
+    plain, regularized = perturbed(), perturbed(regularize=True)
+    for adjoint in (False, True):
+        plain.adjoint = regularized.adjoint = adjoint
+        y, log_det = plain.forward_and_log_det(x)
+        y_reg, log_det_reg = regularized.forward_and_log_det(x)
+        assert regularized.last_nfe == plain.last_nfe
+        torch.testing.assert_close((y_reg, log_det_reg), (y, log_det))
+        log_det_reg.sum().backward()  # the adjoint solve accepts the custom error norm
+
+
 def test_ffjord_factory_learns_a_shifted_gaussian():
     torch.manual_seed(0)
     import pyro.distributions as dist

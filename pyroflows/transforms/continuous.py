@@ -14,6 +14,14 @@ from pyroflows.transforms.base import ConditionalFlowTransform, FlowTransform
 __all__ = ["ConditionalContinuousFlow", "ContinuousFlow"]
 
 
+_ADAPTIVE = ("dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun")
+
+
+def _state_norm(state) -> torch.Tensor:
+    """Error norm of the sample and the log-det only (torchdiffeq's mixed norm over those two)."""
+    return torch.maximum(state[0].pow(2).mean().sqrt(), state[1].pow(2).mean().sqrt())
+
+
 class _Dynamics(nn.Module):
     """Augmented ODE: ``d/dt [x, log|det|, kinetic, jacobian] = [f, tr(J), |f|^2, |J|_F^2]``."""
 
@@ -114,7 +122,9 @@ class ContinuousFlow(FlowTransform):
         zeros = value.new_zeros(value.shape[:-1])
         state = (value, zeros) + ((zeros, zeros) if dyn.regularize else ())
         times = torch.tensor([t0, t1], dtype=value.dtype, device=value.device)
-        options = {"step_size": self.step_size} if self.step_size is not None else None
+        options = {"step_size": self.step_size} if self.step_size is not None else {}
+        if dyn.regularize and self.method in _ADAPTIVE:
+            options["norm"] = _state_norm  # penalties need no accuracy: they must not shrink the steps
         dyn.nfe = 0
         if self.adjoint:
             params = tuple(p for p in dyn.parameters() if p.requires_grad)

@@ -131,9 +131,6 @@ def _neumann(gx, x, v, weights) -> torch.Tensor:
         value = value + (-1) ** (k + 1) / k * weight * (w * v).sum(-1)
         if k < len(weights):
             acc = acc + (-1) ** k * weights[k] * w
-    # J v by double backward: u^T J is linear in u, its gradient in u along v is J v.
-    u = torch.zeros_like(gx, requires_grad=True)
-    (u_j,) = torch.autograd.grad(gx, x, u, create_graph=True)
-    (jv,) = torch.autograd.grad(u_j, u, v, create_graph=True)
-    surrogate = (acc.detach() * jv).sum(-1)
+    (acc_j,) = torch.autograd.grad(gx, x, acc, create_graph=True)  # one differentiable vector-Jacobian product
+    surrogate = (acc_j * v).sum(-1)
     return value.detach() + surrogate - surrogate.detach()
