@@ -29,7 +29,6 @@ import statistics
 import time
 
 import numpy as np
-
 import pyro.distributions as dist
 import torch
 from common import RESULTS, save, table
@@ -118,7 +117,11 @@ def run(name: str, dataset: str, steps: int, blocks: int, rnode: float, seed: in
     }
 
 
-PAIRS = {"pyroflows-resflow": "normflows-residual", "pyroflows-ffjord": "zuko-cnf", "pyroflows-ffjord-rnode": "pyroflows-ffjord"}
+PAIRS = {  # model -> the reference it is compared with
+    "pyroflows-resflow": "normflows-residual",
+    "pyroflows-ffjord": "zuko-cnf",
+    "pyroflows-ffjord-rnode": "pyroflows-ffjord",
+}
 
 
 def summarise(rows: list[dict]) -> list[dict]:
