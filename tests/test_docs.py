@@ -34,3 +34,12 @@ def test_readme_python_snippets_run():
     assert namespace["d"].log_prob(torch.randn(10, 3)).shape == (10,)
     exec(blocks[2].replace("num_steps=2000", "num_steps=20, progress=False"), namespace)  # noqa: S102
     assert len(namespace["losses"]) == 20
+
+
+def test_flow_matching_page_example_runs():
+    import re
+
+    block = re.findall(r"```python\n(.*?)```", (ROOT / "docs" / "flow_matching.md").read_text(), re.S)[0]
+    namespace: dict = {}
+    exec(block.replace("steps=200", "steps=20"), namespace)  # noqa: S102 - our own docs
+    assert namespace["log_p"].shape == (100,) and namespace["prior"].sample((2,)).shape == (2, 2)

@@ -19,6 +19,13 @@ def _check_rows(name: str, value: torch.Tensor | None, n: int) -> None:
         raise ValueError(f"{name} must be a tensor with one row per data point ({n}), got {got}")
 
 
+def _adam(module: torch.nn.Module, lr: float) -> torch.optim.Optimizer:
+    """Adam, fused (one kernel for all parameters) where torch supports it."""
+    params = [p for p in module.parameters() if p.requires_grad]
+    fused = all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params)
+    return torch.optim.Adam(params, lr=lr, fused=fused or None)
+
+
 def train(
     matcher: FlowMatcher,
     x_1: torch.Tensor,
@@ -48,7 +55,7 @@ def train(
     for name, value in (("x_0", x_0), ("context", context), ("labels", labels)):
         _check_rows(name, value, n)
     matcher.validate_data(x_1, x_0, context)  # once: batches are then drawn unchecked
-    opt = optimizer or torch.optim.Adam(matcher.parameters(), lr=lr)
+    opt = optimizer or _adam(matcher, lr)
     gen = torch.Generator(device="cpu")
     gen.manual_seed(seed if seed is not None else int(torch.randint(2**31, ())))
     losses = []
