@@ -257,3 +257,23 @@ def test_non_finite_loss_is_reported():
         fm.velocity.net[0].weight.fill_(float("inf"))
     with pytest.raises(NonFiniteLossError, match="step 0"):
         train(fm, torch.randn(10, 2), 5, progress=False)
+
+
+def test_save_load_round_trip(tmp_path):
+    fm = fitted("ot")
+    torch.save(fm, tmp_path / "fm.pt")
+    loaded = torch.load(tmp_path / "fm.pt", weights_only=False)
+    x_0 = torch.randn(50, 2)
+    torch.testing.assert_close(loaded.sample(x_0, steps=20), fm.sample(x_0, steps=20), rtol=0, atol=0)
+    clone = FlowMatcher(TimeMLP(2, hidden_dims=(64, 64)), (2,))
+    clone.load_state_dict(fm.state_dict())
+    torch.testing.assert_close(
+        clone.log_prob(x_0, method="rk4", step_size=0.1), fm.log_prob(x_0, method="rk4", step_size=0.1)
+    )
+
+
+def test_sinkhorn_coupling_trains():
+    torch.manual_seed(0)
+    fm = FlowMatcher(TimeMLP(2, (32,)), (2,), coupling=SinkhornOT(reg=0.05, seed=0))
+    losses = train(fm, toy_2d("moons", 2000), 100, lr=3e-3, seed=0, progress=False)
+    assert sum(losses[-10:]) < sum(losses[:10])
