@@ -34,6 +34,8 @@ def test_readme_python_snippets_run():
     assert namespace["d"].log_prob(torch.randn(10, 3)).shape == (10,)
     exec(blocks[2].replace("num_steps=2000", "num_steps=20, progress=False"), namespace)  # noqa: S102
     assert len(namespace["losses"]) == 20
+    exec(blocks[3].replace("steps=3000)", "steps=20, progress=False)"), namespace)  # noqa: S102
+    assert namespace["log_p"].shape == (100,)
 
 
 def test_flow_matching_page_example_runs():
