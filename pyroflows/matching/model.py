@@ -121,8 +121,12 @@ class FlowMatcher(nn.Module):
         shape = torch.Size(shape)
         if self.source is not None:
             return self.source.sample(shape)
-        ref = like if like is not None else next(self.velocity.parameters())
+        ref = like if like is not None else self._reference()
         return torch.randn(shape + self.event_shape, dtype=ref.dtype, device=ref.device)
+
+    def _reference(self) -> torch.Tensor:
+        """A tensor with the model's dtype and device (default dtype, CPU without parameters)."""
+        return next(self.velocity.parameters(), torch.empty(()))
 
     # -- training ----------------------------------------------------------------
     def loss(
@@ -257,7 +261,7 @@ class FlowMatcher(nn.Module):
     def _base(self) -> dist.Distribution:
         if self.source is not None:
             return self.source
-        ref = next(self.velocity.parameters())
+        ref = self._reference()
         zeros = torch.zeros(self.event_shape, dtype=ref.dtype, device=ref.device)
         return dist.Normal(zeros, torch.ones_like(zeros)).to_event(len(self.event_shape))
 
