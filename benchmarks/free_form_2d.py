@@ -19,6 +19,7 @@ draws its roulette series lengths from it).
     python benchmarks/free_form_2d.py                                   # the full run (slow)
     python benchmarks/free_form_2d.py --datasets 8gaussians --steps 300  # quick
     python benchmarks/free_form_2d.py --combine a b --results both      # one table from runs made apart
+    python benchmarks/free_form_2d.py --timing --models pyroflows-resflow normflows-residual  # ms/step, alternated
 """
 
 from __future__ import annotations
@@ -117,6 +118,29 @@ def run(name: str, dataset: str, steps: int, blocks: int, rnode: float, seed: in
     }
 
 
+def timing(models: list[str], dataset: str, blocks: int, rounds: int = 5, steps: int = 50) -> list[dict]:
+    """ms/step of each model's training step, the models alternated in rounds so
+    they share the machine's load; medians over rounds (round 0 warms up)."""
+    torch.manual_seed(0)
+    np.random.seed(0)
+    train = toy_2d(dataset, 20_000, seed=0)
+    built = {name: build(name, blocks) for name in models}
+    opts = {name: torch.optim.Adam(module.parameters(), lr=1e-3) for name, (module, _) in built.items()}
+    times: dict[str, list[float]] = {name: [] for name in models}
+    gen = torch.Generator().manual_seed(0)
+    for r in range(rounds + 1):
+        for name, (_, log_prob) in built.items():
+            start = time.perf_counter()
+            for _ in range(steps):
+                loss = -log_prob(train[torch.randint(len(train), (512,), generator=gen)]).mean()
+                opts[name].zero_grad()
+                loss.backward()
+                opts[name].step()
+            if r:
+                times[name].append(1000 * (time.perf_counter() - start) / steps)
+    return [{"dataset": dataset, "model": name, "ms_per_step": statistics.median(t)} for name, t in times.items()]
+
+
 PAIRS = {  # model -> the reference it is compared with
     "pyroflows-resflow": "normflows-residual",
     "pyroflows-ffjord": "zuko-cnf",
@@ -161,8 +185,20 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--results", default="free_form_2d")
     parser.add_argument("--combine", nargs="+", default=[], help="results files to merge instead of running")
+    parser.add_argument("--timing", action="store_true", help="only time the models' training steps, alternated")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.timing:
+        rows = [row for dataset in args.datasets for row in timing(args.models, dataset, args.blocks)]
+        for row in rows:
+            ref = next(
+                (r for r in rows if r["dataset"] == row["dataset"] and r["model"] == PAIRS.get(row["model"])), None
+            )
+            if ref is not None:
+                row["time_ratio"] = row["ms_per_step"] / ref["ms_per_step"]
+        print(table(rows, ["dataset", "model", "ms_per_step", "time_ratio"]))
+        print("wrote", save(args.results, {"args": vars(args), "rows": rows}))
+        return
     rows = [row for name in args.combine for row in json.loads((RESULTS / f"{name}.json").read_text())["rows"]]
     for dataset in args.datasets if not args.combine else ():
         for name in args.models:
