@@ -118,7 +118,7 @@ def run(name: str, dataset: str, steps: int, blocks: int, rnode: float, seed: in
     }
 
 
-def timing(models: list[str], dataset: str, blocks: int, rounds: int = 5, steps: int = 50) -> list[dict]:
+def timing(models: list[str], dataset: str, blocks: int, rounds: int = 5, steps: int = 30) -> list[dict]:
     """ms/step of each model's training step, the models alternated in rounds so
     they share the machine's load; medians over rounds (round 0 warms up)."""
     torch.manual_seed(0)

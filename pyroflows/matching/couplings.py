@@ -1,9 +1,11 @@
 """Couplings of noise ``x_0`` and data ``x_1`` minibatches (Tong et al. 2023, arXiv:2302.00482).
 
 A coupling takes two batches of equal size and returns them re-paired:
-``coupling(x_0, x_1) -> (x_0', x_1')``. Exact optimal transport uses
-scipy's assignment solver (with uniform weights the optimal plan is a
-permutation); entropic OT uses POT's Sinkhorn and draws pairs from the plan.
+``coupling(x_0, x_1) -> (x_0', x_1')``. Exact optimal transport uses POT's
+network simplex (with uniform weights the optimal plan is a permutation;
+about twice as fast as scipy's assignment solver on these batches, which
+remains the fallback); entropic OT uses POT's Sinkhorn and draws pairs from
+the plan.
 """
 
 from __future__ import annotations
@@ -42,12 +44,25 @@ class Independent(Coupling):
     """Pairs as drawn: ``x_0`` and ``x_1`` independent (plain conditional flow matching)."""
 
 
+def _optimal_permutation(cost: np.ndarray) -> np.ndarray:
+    """``perm`` minimising ``sum_i cost[i, perm[i]]`` (exact)."""
+    import ot
+
+    n = len(cost)
+    weights = np.full(n, 1.0 / n)
+    plan = ot.emd(weights, weights, cost.astype(np.float64), numItermax=1_000_000)
+    perm = plan.argmax(1)
+    if len(np.unique(perm)) == n:  # a vertex of the Birkhoff polytope: a permutation
+        return perm
+    rows, cols = linear_sum_assignment(cost)  # degenerate plan: the assignment solver
+    return cols[np.argsort(rows)]
+
+
 class ExactOT(Coupling):
     """Minibatch exact optimal transport for the squared Euclidean cost."""
 
     def pair(self, x_0, x_1, labels):
-        rows, cols = linear_sum_assignment(_squared_distances(x_0, x_1))
-        order = torch.as_tensor(cols[np.argsort(rows)], device=x_1.device)
+        order = torch.as_tensor(_optimal_permutation(_squared_distances(x_0, x_1)), device=x_1.device)
         return x_0, x_1[order]
 
 
@@ -62,8 +77,8 @@ class LabelAwareOT(Coupling):
         order = torch.arange(len(x_0), device=x_0.device)
         for label in labels.unique():
             idx = (labels == label).nonzero().squeeze(-1)
-            rows, cols = linear_sum_assignment(_squared_distances(x_0[idx], x_1[idx]))
-            order[idx[torch.as_tensor(cols, device=x_0.device)]] = idx[torch.as_tensor(rows, device=x_0.device)]
+            cols = torch.as_tensor(_optimal_permutation(_squared_distances(x_0[idx], x_1[idx])), device=x_0.device)
+            order[idx[cols]] = idx  # noise row idx[i] goes with data row idx[cols[i]]
         return x_0[order], x_1
 
 
