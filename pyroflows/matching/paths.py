@@ -26,6 +26,11 @@ class Scheduler:
         """Returns ``(alpha_t, sigma_t, d alpha_t / dt, d sigma_t / dt)``."""
         raise NotImplementedError
 
+    def interpolate(self, x_0: torch.Tensor, x_1: torch.Tensor, t: torch.Tensor):
+        """``(x_t, u_t)`` for ``t`` broadcastable against the samples."""
+        alpha, sigma, d_alpha, d_sigma = self(t.to(x_1))
+        return alpha * x_1 + sigma * x_0, d_alpha * x_1 + d_sigma * x_0
+
 
 class CondOT(Scheduler):
     """Conditional optimal transport (linear): ``alpha_t = t``,
@@ -39,6 +44,10 @@ class CondOT(Scheduler):
     def __call__(self, t):
         one = torch.ones_like(t)
         return t, 1 - (1 - self.sigma_min) * t, one, -(1 - self.sigma_min) * one
+
+    def interpolate(self, x_0, x_1, t):  # the same formulas in three fused operations (the common case)
+        shrunk = x_0 * (1 - self.sigma_min)
+        return torch.lerp(shrunk, x_1, t.to(x_1)) + self.sigma_min * x_0, x_1 - shrunk
 
 
 class Cosine(Scheduler):
@@ -81,8 +90,4 @@ class AffinePath:
         if x_0.shape != x_1.shape:
             raise ValueError(f"x_0 and x_1 must have the same shape, got {tuple(x_0.shape)} and {tuple(x_1.shape)}")
         t = t.reshape(t.shape + (1,) * (x_1.dim() - t.dim())) if t.dim() else t
-        if isinstance(self.scheduler, CondOT):  # the common case, in three fused operations
-            sigma_min = self.scheduler.sigma_min
-            return torch.lerp(x_0 * (1 - sigma_min), x_1, t) + sigma_min * x_0, x_1 - (1 - sigma_min) * x_0
-        alpha, sigma, d_alpha, d_sigma = self.scheduler(t.to(x_1))
-        return alpha * x_1 + sigma * x_0, d_alpha * x_1 + d_sigma * x_0
+        return self.scheduler.interpolate(x_0, x_1, t)

@@ -35,9 +35,15 @@ class TimeEmbedding(nn.Module):
         return torch.cat([t, angles.cos(), angles.sin()], -1)
 
 
-def _check_time(t: torch.Tensor, batch_shape: torch.Size) -> None:
-    if t.dim() and t.shape != batch_shape:
-        raise ValueError(f"t must be a scalar or have the batch shape {tuple(batch_shape)}, got {tuple(t.shape)}")
+def _conditioning(embed: TimeEmbedding, t, batch: torch.Size, context, like: torch.Tensor) -> list[torch.Tensor]:
+    """``[time features, context]`` with batch shape ``batch``, in ``like``'s dtype."""
+    t = torch.as_tensor(t)
+    if t.dim() and t.shape != batch:
+        raise ValueError(f"t must be a scalar or have the batch shape {tuple(batch)}, got {tuple(t.shape)}")
+    parts = [embed(t, batch).to(like)]
+    if context is not None:
+        parts.append(context.expand(*batch, context.shape[-1]).to(like))
+    return parts
 
 
 class TimeMLP(nn.Module):
@@ -60,12 +66,8 @@ class TimeMLP(nn.Module):
         self.net = nn.Sequential(*layers, nn.Linear(sizes[-1], input_dim))
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
-        t = torch.as_tensor(t)
         batch = x.shape[:-1] if context is None else torch.broadcast_shapes(x.shape[:-1], context.shape[:-1])
-        _check_time(t, batch)
-        parts = [x.expand(*batch, x.shape[-1]), self.embed(t, batch).to(x)]
-        if context is not None:
-            parts.append(context.expand(*batch, context.shape[-1]).to(x))
+        parts = [x.expand(*batch, x.shape[-1]), *_conditioning(self.embed, t, batch, context, x)]
         return self.net(torch.cat(parts, -1))
 
 
@@ -117,13 +119,10 @@ class UNet8(nn.Module):
     def forward(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
         if x.shape[-3:] != (self.channels, 8, 8):
             raise ValueError(f"expected images of shape (..., {self.channels}, 8, 8), got {tuple(x.shape)}")
-        t = torch.as_tensor(t)
         batch = x.shape[:-3] if context is None else torch.broadcast_shapes(x.shape[:-3], context.shape[:-1])
-        _check_time(t, batch)
-        cond = [self.embed(t, batch).to(x)]
-        if context is not None:
-            cond.append(context.expand(*batch, context.shape[-1]).to(x))
-        c = self.cond(torch.cat(cond, -1)).reshape(-1, self.cond[-1].out_features)
+        c = self.cond(torch.cat(_conditioning(self.embed, t, batch, context, x), -1)).reshape(
+            -1, self.cond[-1].out_features
+        )
         h0 = self.inp(x.expand(*batch, *x.shape[-3:]).reshape(-1, *x.shape[-3:]))
         h1 = self.down1(h0, c)  # 8x8
         h2 = self.down2(nn.functional.avg_pool2d(h1, 2), c)  # 4x4
