@@ -15,11 +15,13 @@ NLL from the ODE likelihood (dopri5, exact divergence).
     python benchmarks/flow_matching.py                          # full run
     python benchmarks/flow_matching.py --steps 200 --tasks moons  # smoke run
     python benchmarks/flow_matching.py --timing --results flow_matching_timing  # ms/step only, alternated
+    python benchmarks/flow_matching.py --combine a b --results both  # one table from runs made apart
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import statistics
 import time
@@ -27,7 +29,7 @@ import time
 import numpy as np
 import pyro.distributions as dist
 import torch
-from common import save, table
+from common import RESULTS, save, table
 from torch import nn
 
 from pyroflows.datasets import toy_2d
@@ -186,7 +188,10 @@ def summarise(rows: list[dict]) -> list[dict]:
     for key in keys:
         group = [r for r in rows if (r["task"], r["library"], r["coupling"]) == key]
         mean = {k: statistics.mean(r[k] for r in group) for k in group[0] if isinstance(group[0][k], float | int)}
+        w2 = [r["w2_euler_100"] for r in group]
+        sem = statistics.stdev(w2) / math.sqrt(len(w2)) if len(w2) > 1 else float("nan")
         out.append({"task": key[0], "library": key[1], "coupling": key[2], "seeds": len(group), **mean})
+        out[-1]["w2_euler_100_sem"] = sem
     for row in out:
         if row["library"] == "pyroflows":
             peer = next(
@@ -208,6 +213,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--results", default="flow_matching")
     parser.add_argument("--timing", action="store_true", help="only time both training loops, alternated")
+    parser.add_argument("--combine", nargs="+", default=[], help="results files to merge instead of running")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.timing:
@@ -215,8 +221,8 @@ def main() -> None:
         print(table(rows, ["task", "coupling", "pyroflows_ms", "torchcfm_ms", "time_vs_torchcfm"]))
         print("wrote", save(args.results, {"args": vars(args), "rows": rows}))
         return
-    rows = []
-    for target in args.tasks:
+    rows = [row for name in args.combine for row in json.loads((RESULTS / f"{name}.json").read_text())["rows"]]
+    for target in args.tasks if not args.combine else ():
         for coupling in ("independent", "ot"):
             for seed in args.seeds:
                 for library in ("pyroflows", "torchcfm"):  # alternated, so both see the same machine load
@@ -228,7 +234,8 @@ def main() -> None:
         table(summary, ["task", "library", "coupling", "ms_per_step", *w2, "w2_dopri5", "nfe_dopri5", "straightness"])
     )
     ours = [r for r in summary if r["library"] == "pyroflows"]
-    columns = ["task", "coupling", "w2_100_minus_torchcfm", "time_vs_torchcfm", "test_nll", "reflow_w2_euler_1"]
+    columns = ["task", "coupling", "seeds", "w2_100_minus_torchcfm", "w2_euler_100_sem", "time_vs_torchcfm"]
+    columns += ["test_nll", "reflow_w2_euler_1"]
     print(table(ours, [*columns, "reflow_1step_over_orig_100step", "reflow_straightness"]))
     print("wrote", save(args.results, {"args": vars(args), "summary": summary, "rows": rows}))
 

@@ -91,7 +91,8 @@ class _Block(nn.Module):
 class UNet8(nn.Module):
     """A small U-Net for ``(channels, 8, 8)`` images: 8x8 -> 4x4 -> 2x2 and back, with skips.
 
-    Batch dimensions beyond one are flattened and restored."""
+    Returns ``(out_channels, 8, 8)`` (default: ``channels``); the output layer is
+    zero-initialised. Batch dimensions beyond one are flattened and restored."""
 
     def __init__(
         self,
@@ -99,9 +100,11 @@ class UNet8(nn.Module):
         width: int = 32,
         context_dim: int | None = None,
         frequencies: int = 8,
+        out_channels: int | None = None,
     ) -> None:
         super().__init__()
         self.channels, self.context_dim = channels, context_dim
+        self.out_channels = out_channels or channels
         self.embed = TimeEmbedding(frequencies)
         cond_dim = 4 * width
         self.cond = nn.Sequential(
@@ -112,7 +115,7 @@ class UNet8(nn.Module):
         self.down1, self.down2 = _Block(w1, w1, cond_dim), _Block(w1, w2, cond_dim)
         self.mid = _Block(w2, w3, cond_dim)
         self.up2, self.up1 = _Block(w3 + w2, w2, cond_dim), _Block(w2 + w1, w1, cond_dim)
-        self.out = nn.Conv2d(w1, channels, 3, padding=1)
+        self.out = nn.Conv2d(w1, self.out_channels, 3, padding=1)
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
 
@@ -129,4 +132,4 @@ class UNet8(nn.Module):
         h3 = self.mid(nn.functional.avg_pool2d(h2, 2), c)  # 2x2
         u2 = self.up2(torch.cat([nn.functional.interpolate(h3, scale_factor=2.0), h2], 1), c)
         u1 = self.up1(torch.cat([nn.functional.interpolate(u2, scale_factor=2.0), h1], 1), c)
-        return self.out(u1).reshape(*batch, *x.shape[-3:])
+        return self.out(u1).reshape(*batch, self.out_channels, 8, 8)

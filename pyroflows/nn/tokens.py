@@ -1,0 +1,93 @@
+"""Networks on token sequences ``(batch, length)`` -> logits ``(batch, length, vocab)``.
+
+``SequenceTransformer`` is a pre-norm transformer encoder; bidirectional with a
+time input (discrete flow matching) or causal without one (the autoregressive
+baseline). ``ConvNet8`` reads 64 tokens as an 8x8 image through :class:`UNet8`.
+
+Example:
+    >>> net = SequenceTransformer(5, length=7, out_vocab_size=4, dim=16, depth=1, heads=2)
+    >>> net(torch.zeros(3, 7, dtype=torch.long), torch.rand(3)).shape
+    torch.Size([3, 7, 4])
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from pyroflows.nn.velocity import TimeEmbedding, UNet8
+
+__all__ = ["ConvNet8", "SequenceTransformer"]
+
+
+def _check_tokens(x: torch.Tensor, length: int) -> None:
+    if x.dtype != torch.long or x.dim() != 2 or x.shape[1] != length:
+        raise ValueError(f"expected int64 tokens of shape (batch, {length}), got {x.dtype} of shape {tuple(x.shape)}")
+
+
+class SequenceTransformer(nn.Module):
+    """Token + position embeddings (+ a time embedding added to every token),
+    ``depth`` pre-norm transformer layers (GELU, no dropout), a linear read-out.
+
+    Args:
+        vocab_size: input symbols (include the mask token if the path has one).
+        length: sequence length.
+        out_vocab_size: output classes per position (default ``vocab_size``).
+        causal: attend only to earlier positions (autoregressive models).
+        time: read a time ``t`` (scalar or one per sequence).
+    """
+
+    def __init__(
+        self,
+        vocab_size: int,
+        length: int,
+        out_vocab_size: int | None = None,
+        dim: int = 128,
+        depth: int = 4,
+        heads: int = 4,
+        causal: bool = False,
+        time: bool = True,
+    ) -> None:
+        super().__init__()
+        self.vocab_size, self.length, self.causal = vocab_size, length, causal
+        self.tokens = nn.Embedding(vocab_size, dim)
+        nn.init.normal_(self.tokens.weight, std=0.02)  # on the scale of the positions (as in GPT-2)
+        self.positions = nn.Parameter(0.02 * torch.randn(length, dim))
+        self.embed = TimeEmbedding(8) if time else None
+        self.time = nn.Sequential(nn.Linear(self.embed.dim, dim), nn.SiLU(), nn.Linear(dim, dim)) if time else None
+        layer = nn.TransformerEncoderLayer(
+            dim, heads, 4 * dim, dropout=0.0, activation="gelu", batch_first=True, norm_first=True
+        )
+        self.encoder = nn.TransformerEncoder(layer, depth, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(dim)
+        self.out = nn.Linear(dim, out_vocab_size or vocab_size)
+        if causal:
+            mask = nn.Transformer.generate_square_subsequent_mask(length)
+            self.register_buffer("causal_mask", mask, persistent=False)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor | None = None) -> torch.Tensor:
+        _check_tokens(x, self.length)
+        h = self.tokens(x) + self.positions
+        if self.time is not None:
+            if t is None:
+                raise ValueError("this network reads a time t; got None")
+            h = h + self.time(self.embed(t, x.shape[:1]).to(h))[:, None]
+        mask = self.causal_mask if self.causal else None
+        h = self.encoder(h, mask=mask, is_causal=self.causal)
+        return self.out(self.norm(h))
+
+
+class ConvNet8(nn.Module):
+    """64 tokens as an 8x8 image: token embeddings as channels, a :class:`UNet8`
+    (time-conditioned) to ``out_vocab_size`` logits per pixel."""
+
+    def __init__(self, vocab_size: int, out_vocab_size: int | None = None, embed_dim: int = 16, width: int = 32):
+        super().__init__()
+        self.vocab_size = vocab_size
+        self.tokens = nn.Embedding(vocab_size, embed_dim)
+        self.unet = UNet8(embed_dim, width, out_channels=out_vocab_size or vocab_size)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        _check_tokens(x, 64)
+        h = self.tokens(x).transpose(1, 2).reshape(len(x), -1, 8, 8)
+        return self.unet(h, t).flatten(2).transpose(1, 2)
