@@ -249,6 +249,31 @@ def test_bad_inputs():
         train(fm, torch.randn(10, 2), 1, x_0=torch.randn(9, 2), progress=False)
     with pytest.raises(ValueError, match=r"t must be"):
         TimeMLP(2)(torch.randn(4, 2), torch.rand(3))
+    with pytest.raises(ValueError, match="ema"):
+        train(fm, torch.randn(10, 2), 1, ema=1.0, progress=False)
+
+
+def test_training_ends_with_the_moving_average_of_the_weights():
+    data = toy_2d("moons", 500)
+    models = []
+    for _ in range(2):  # the same initial weights
+        torch.manual_seed(0)
+        models.append(FlowMatcher(TimeMLP(2, (16,)), (2,)))
+    plain, averaged = models
+    expected = [p.detach().clone() for p in plain.parameters()]
+    opt = torch.optim.Adam(plain.parameters(), lr=1e-2)
+    snapshots = []
+    opt.register_step_post_hook(lambda *_: snapshots.append([p.detach().clone() for p in plain.parameters()]))
+    torch.manual_seed(1)  # the same noise and times in both runs (batches come from ``seed``)
+    train(plain, data, 30, optimizer=opt, seed=0, progress=False, ema=None)
+    for n, params in enumerate(snapshots, 1):
+        rate = min(0.9, (1 + n) / (10 + n))
+        expected = [e * rate + p * (1 - rate) for e, p in zip(expected, params, strict=True)]
+    torch.manual_seed(1)
+    opt = torch.optim.Adam(averaged.parameters(), lr=1e-2)
+    train(averaged, data, 30, optimizer=opt, seed=0, progress=False, ema=0.9)
+    for got, want, last in zip(averaged.parameters(), expected, snapshots[-1], strict=True):
+        assert torch.allclose(got, want, atol=1e-6) and not torch.allclose(got, last)
 
 
 def test_non_finite_loss_is_reported():

@@ -39,12 +39,17 @@ def train(
     optimizer: torch.optim.Optimizer | None = None,
     seed: int | None = None,
     progress: bool = True,
+    ema: float | None = 0.999,
 ) -> list[float]:
     """Adam on the flow-matching loss over minibatches of ``x_1`` (rows).
 
     ``x_0`` (one row per data point) trains on fixed pairs (reflow);
     ``context`` / ``labels`` are indexed with the data; ``one_step`` trains at
-    ``t = 0`` only (distillation to a one-step generator). Raises
+    ``t = 0`` only (distillation to a one-step generator). ``ema``: the model
+    ends with an exponential moving average of its weights (decay ``ema``,
+    warmed up as ``min(ema, (1 + n) / (10 + n))`` after ``n`` updates, so short
+    runs are not pulled back to the initial weights); ``None`` keeps the last
+    weights. Raises
     :class:`~pyroflows.infer.fit.NonFiniteLossError` on a NaN/Inf loss.
     Returns the losses."""
     if not isinstance(steps, int) or steps < 1:
@@ -55,7 +60,10 @@ def train(
     for name, value in (("x_0", x_0), ("context", context), ("labels", labels)):
         _check_rows(name, value, n)
     matcher.validate_data(x_1, x_0, context)  # once: batches are then drawn unchecked
+    if ema is not None and not 0.0 <= ema < 1.0:
+        raise ValueError(f"ema must be in [0, 1) or None, got {ema!r}")
     opt = optimizer or _adam(matcher, lr)
+    average = None if ema is None else _EMA([p for p in matcher.parameters() if p.requires_grad], ema)
     gen = torch.Generator(device="cpu")
     gen.manual_seed(seed if seed is not None else int(torch.randint(2**31, ())))
     losses = []
@@ -76,10 +84,31 @@ def train(
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        if average is not None:
+            average.update()
         losses.append(value)
         if progress and step % 50 == 0:
             bar.set_postfix(loss=f"{losses[-1]:.4f}")
+    if average is not None:
+        average.copy_to_params()
     return losses
+
+
+class _EMA:
+    """Exponential moving average of parameters, the decay warmed up over the first updates."""
+
+    def __init__(self, params: list[torch.Tensor], decay: float) -> None:
+        self.params, self.decay, self.updates = params, decay, 0
+        self.shadow = [p.detach().clone() for p in params]
+
+    def update(self) -> None:
+        self.updates += 1
+        rate = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        torch._foreach_lerp_(self.shadow, [p.detach() for p in self.params], 1 - rate)
+
+    @torch.no_grad()
+    def copy_to_params(self) -> None:
+        torch._foreach_copy_(self.params, self.shadow)
 
 
 def reflow_pairs(
