@@ -45,3 +45,12 @@ def test_flow_matching_page_example_runs():
     namespace: dict = {}
     exec(block.replace("steps=200", "steps=20"), namespace)  # noqa: S102 - our own docs
     assert namespace["log_p"].shape == (100,) and namespace["prior"].sample((2,)).shape == (2, 2)
+
+
+def test_discrete_page_example_runs():
+    import re
+
+    block = re.findall(r"```python\n(.*?)```", (ROOT / "docs" / "discrete.md").read_text(), re.S)[0]
+    namespace: dict = {}
+    exec(block.replace("steps=500", "steps=5").replace("10_000", "500"), namespace)  # noqa: S102 - our own docs
+    assert namespace["samples"].shape == (500, 32) and namespace["elbo"] > 0

@@ -35,6 +35,9 @@ class SequenceTransformer(nn.Module):
         out_vocab_size: output classes per position (default ``vocab_size``).
         causal: attend only to earlier positions (autoregressive models).
         time: read a time ``t`` (scalar or one per sequence).
+        kernel: width of a 1-D convolution over the embeddings before the first layer
+            (residual; left-padded when causal), a local bias that makes neighbours
+            visible from the first step; 0 turns it off.
     """
 
     def __init__(
@@ -47,12 +50,15 @@ class SequenceTransformer(nn.Module):
         heads: int = 4,
         causal: bool = False,
         time: bool = True,
+        kernel: int = 5,
     ) -> None:
         super().__init__()
         self.vocab_size, self.length, self.causal = vocab_size, length, causal
         self.tokens = nn.Embedding(vocab_size, dim)
         nn.init.normal_(self.tokens.weight, std=0.02)  # on the scale of the positions (as in GPT-2)
         self.positions = nn.Parameter(0.02 * torch.randn(length, dim))
+        self.kernel = kernel
+        self.conv = nn.Conv1d(dim, dim, kernel) if kernel else None
         self.embed = TimeEmbedding(8) if time else None
         self.time = nn.Sequential(nn.Linear(self.embed.dim, dim), nn.SiLU(), nn.Linear(dim, dim)) if time else None
         layer = nn.TransformerEncoderLayer(
@@ -72,6 +78,10 @@ class SequenceTransformer(nn.Module):
             if t is None:
                 raise ValueError("this network reads a time t; got None")
             h = h + self.time(self.embed(t, x.shape[:1]).to(h))[:, None]
+        if self.conv is not None:
+            left = self.kernel - 1 if self.causal else (self.kernel - 1) // 2
+            padded = nn.functional.pad(h.transpose(1, 2), (left, self.kernel - 1 - left))
+            h = h + self.conv(padded).transpose(1, 2)
         mask = self.causal_mask if self.causal else None
         h = self.encoder(h, mask=mask, is_causal=self.causal)
         return self.out(self.norm(h))
