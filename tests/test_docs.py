@@ -36,6 +36,10 @@ def test_readme_python_snippets_run():
     assert len(namespace["losses"]) == 20
     exec(blocks[3].replace("steps=3000)", "steps=20, progress=False)"), namespace)  # noqa: S102
     assert namespace["log_p"].shape == (100,)
+    small = blocks[4].replace("steps=2000)", "steps=3, progress=False)").replace("10_000", "300")
+    small = small.replace("SequenceTransformer(21, 32, 20)", "SequenceTransformer(21, 32, 20, dim=16, depth=1)")
+    exec(small, namespace)  # noqa: S102
+    assert namespace["sequences"].shape == (100, 32) and namespace["nats_per_token"] > 0
 
 
 def test_flow_matching_page_example_runs():
