@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from pyroflows.discrete.data import check_tokens
 from pyroflows.nn.tokens import SequenceTransformer
 
 __all__ = ["AutoregressiveModel"]
@@ -26,11 +27,7 @@ class AutoregressiveModel(nn.Module):
         self.net = SequenceTransformer(vocab_size + 1, length, vocab_size, dim, depth, heads, causal=True, time=False)
 
     def validate_data(self, x: torch.Tensor) -> None:
-        if not torch.is_tensor(x) or x.dtype != torch.long or x.dim() != 2 or x.shape[1] != self.length:
-            got = f"{x.dtype} of shape {tuple(x.shape)}" if torch.is_tensor(x) else type(x).__name__
-            raise ValueError(f"expected int64 tokens of shape (batch, {self.length}), got {got}")
-        if len(x) and (x.min() < 0 or x.max() >= self.vocab_size):
-            raise ValueError(f"tokens must lie in [0, {self.vocab_size}), got {x.min().item()} to {x.max().item()}")
+        check_tokens(x, self.length, self.vocab_size)
 
     def _log_probs(self, x: torch.Tensor) -> torch.Tensor:
         bos = torch.full_like(x[:, :1], self.vocab_size)  # the start symbol

@@ -22,6 +22,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from pyroflows.discrete.data import check_tokens
 from pyroflows.discrete.paths import MixturePath
 
 __all__ = ["DiscreteFlowMatcher"]
@@ -83,12 +84,7 @@ class DiscreteFlowMatcher(nn.Module):
 
     def validate_data(self, x_1: torch.Tensor) -> None:
         """Raise ``ValueError`` unless ``x_1`` is int64 ``(batch, length)`` with tokens in ``[0, vocab_size)``."""
-        if not torch.is_tensor(x_1) or x_1.dtype != torch.long or x_1.dim() != 2 or x_1.shape[1] != self.length:
-            got = f"{x_1.dtype} of shape {tuple(x_1.shape)}" if torch.is_tensor(x_1) else type(x_1).__name__
-            raise ValueError(f"expected int64 tokens of shape (batch, {self.length}), got {got}")
-        if len(x_1) and (x_1.min() < 0 or x_1.max() >= self.vocab_size):
-            lo, hi = x_1.min().item(), x_1.max().item()
-            raise ValueError(f"tokens must lie in [0, {self.vocab_size}), got values from {lo} to {hi}")
+        check_tokens(x_1, self.length, self.vocab_size)
 
     def logits(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """The network's posterior logits ``(batch, length, vocab_size)`` (shape checked)."""
