@@ -81,19 +81,23 @@ def markov_rows(name: str, source: MarkovSource, data, test, args) -> list[dict]
         "true_entropy_per_token": truth,
     }
     rows = []
-    for steps in [None] if name == "ar" else args.sample_steps:
+    settings = [(None, None)] if name == "ar" else [(steps, None) for steps in args.sample_steps]
+    if name != "ar" and args.top_p is not None:
+        settings += [(steps, args.top_p) for steps in args.sample_steps]
+    for steps, top_p in settings:
         gen = torch.Generator().manual_seed(args.seed + 1)
         start = time.perf_counter()
         if name == "ar":
             x = model.sample(args.num_samples, generator=gen)
         else:
-            x = model.sample(args.num_samples, steps=steps, generator=gen)
+            x = model.sample(args.num_samples, steps=steps, top_p=top_p, generator=gen)
         sample_seconds = time.perf_counter() - start
         nll = -source.log_prob(x).mean().item() / LENGTH
         rows.append(
             {
                 **base,
                 "sample_steps": steps if steps is not None else LENGTH,
+                "top_p": top_p,
                 "sample_nll_per_token": nll,
                 "sample_nll_over_entropy": nll / truth,
                 "bigram_tv": ngram_distance(x, test, 2, VOCAB),
@@ -155,6 +159,7 @@ def main() -> None:
     parser.add_argument("--concentration", type=float, default=0.3)
     parser.add_argument("--sample-steps", type=int, nargs="+", default=[8, 16, 32, 64, 128])
     parser.add_argument("--num-samples", type=int, default=2000)
+    parser.add_argument("--top-p", type=float, default=None, help="also sample with this nucleus (top-p) cut")
     parser.add_argument("--elbo-times", type=int, default=32)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
@@ -176,7 +181,7 @@ def main() -> None:
         if ar is not None and row["task"] == "markov":
             row["bound_over_ar_nll"] = row["test_bound_per_token"] / ar["test_bound_per_token"]
     markov = [r for r in rows if r["task"] == "markov"]
-    columns = ["model", "params", "train_steps", "test_bound_per_token", "bound_over_ar_nll", "sample_steps"]
+    columns = ["model", "params", "train_steps", "test_bound_per_token", "bound_over_ar_nll", "sample_steps", "top_p"]
     columns += ["sample_nll_per_token", "true_entropy_per_token", "sample_nll_over_entropy", "bigram_tv"]
     print(table(markov, [*columns, "sample_seconds"]))
     digits = [r for r in rows if r["task"] == "digits"]
