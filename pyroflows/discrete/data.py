@@ -96,8 +96,12 @@ class MarkovSource:
 
 
 def digits_tokens(levels: int = 17) -> tuple[torch.Tensor, torch.Tensor]:
-    """scikit-learn's digits as 64-token sequences over ``levels`` grey levels (int64), and the labels."""
-    from sklearn.datasets import load_digits
+    """scikit-learn's digits as 64-token sequences over ``levels`` grey levels (int64), and the labels.
+    Needs scikit-learn (``pip install scikit-learn``; in the ``dev`` extra), which ships the data."""
+    try:
+        from sklearn.datasets import load_digits
+    except ImportError as error:
+        raise ImportError("digits_tokens needs scikit-learn: pip install scikit-learn") from error
 
     digits = load_digits()
     x = torch.as_tensor(digits.data, dtype=torch.float64)
