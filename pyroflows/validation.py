@@ -71,3 +71,13 @@ def check_context(
             f"context batch shape {tuple(context.shape[:-1])} does not broadcast "
             f"with input batch shape {tuple(batch_shape)}"
         ) from None
+
+
+def check_tokens(x, length: int, vocab_size: int | None = None) -> None:
+    """Raise ``ValueError`` unless ``x`` is int64 ``(batch, length)`` (with tokens in
+    ``[0, vocab_size)`` when ``vocab_size`` is given: that check reads every token)."""
+    if not torch.is_tensor(x) or x.dtype != torch.long or x.dim() != 2 or x.shape[1] != length:
+        got = f"{x.dtype} of shape {tuple(x.shape)}" if torch.is_tensor(x) else type(x).__name__
+        raise ValueError(f"expected int64 tokens of shape (batch, {length}), got {got}")
+    if vocab_size is not None and len(x) and (x.min() < 0 or x.max() >= vocab_size):
+        raise ValueError(f"tokens must lie in [0, {vocab_size}), got values from {x.min().item()} to {x.max().item()}")

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from pyroflows.discrete.data import check_tokens
 from pyroflows.nn.tokens import SequenceTransformer
+from pyroflows.validation import check_tokens
 
 __all__ = ["AutoregressiveModel"]
 
@@ -54,9 +54,11 @@ class AutoregressiveModel(nn.Module):
         if not isinstance(num, int) or num < 1:
             raise ValueError(f"number of samples must be a positive int, got {num!r}")
         device = self.net.positions.device
+        inputs = torch.full((num, self.length), self.vocab_size, dtype=torch.long, device=device)  # start symbol
         x = torch.zeros(num, self.length, dtype=torch.long, device=device)
         for i in range(self.length):
-            bos = torch.full((num, 1), self.vocab_size, dtype=torch.long, device=device)
-            logits = self.net(torch.cat([bos, x[:, :-1]], 1))[:, i] / temperature
+            logits = self.net(inputs)[:, i] / temperature
             x[:, i] = torch.multinomial(logits.softmax(-1), 1, generator=generator).squeeze(-1)
+            if i + 1 < self.length:
+                inputs[:, i + 1] = x[:, i]
         return x

@@ -5,16 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-__all__ = ["MarkovSource", "check_tokens", "digits_tokens", "ngram_distance"]
-
-
-def check_tokens(x, length: int, vocab_size: int) -> None:
-    """Raise ``ValueError`` unless ``x`` is int64 ``(batch, length)`` with tokens in ``[0, vocab_size)``."""
-    if not torch.is_tensor(x) or x.dtype != torch.long or x.dim() != 2 or x.shape[1] != length:
-        got = f"{x.dtype} of shape {tuple(x.shape)}" if torch.is_tensor(x) else type(x).__name__
-        raise ValueError(f"expected int64 tokens of shape (batch, {length}), got {got}")
-    if len(x) and (x.min() < 0 or x.max() >= vocab_size):
-        raise ValueError(f"tokens must lie in [0, {vocab_size}), got values from {x.min().item()} to {x.max().item()}")
+__all__ = ["MarkovSource", "digits_tokens", "ngram_distance"]
 
 
 class MarkovSource:

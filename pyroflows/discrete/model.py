@@ -22,8 +22,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from pyroflows.discrete.data import check_tokens
 from pyroflows.discrete.paths import MixturePath
+from pyroflows.validation import check_tokens
 
 __all__ = ["DiscreteFlowMatcher"]
 
@@ -37,7 +37,8 @@ def _filter_logits(logits: torch.Tensor, top_k: int | None, top_p: float | None)
         logits = logits.masked_fill(logits < kth, -torch.inf)
     if top_p is not None:
         sorted_logits, order = logits.sort(-1, descending=True)
-        mass_before = sorted_logits.softmax(-1).cumsum(-1) - sorted_logits.softmax(-1)
+        probs = sorted_logits.softmax(-1)
+        mass_before = probs.cumsum(-1) - probs
         drop = (mass_before >= top_p).scatter(-1, order, mass_before >= top_p)
         logits = logits.masked_fill(drop, -torch.inf)
     return logits

@@ -45,13 +45,14 @@ def train(
     bar = tqdm(range(steps), disable=not progress, desc="discrete flow matching")
     for step in bar:
         idx = torch.randint(len(data), (min(batch_size, len(data)),), generator=gen).to(data.device)
-        value = model._loss(data[idx], loss)
-        if not math.isfinite(value.item()):
-            raise NonFiniteLossError(f"loss is {value.item()} at step {step}: lower lr or check the data")
+        objective = model._loss(data[idx], loss)
+        value = objective.item()
+        if not math.isfinite(value):
+            raise NonFiniteLossError(f"loss is {value} at step {step}: lower lr or check the data")
         opt.zero_grad(set_to_none=True)
-        value.backward()
+        objective.backward()
         opt.step()
-        losses.append(value.item())
+        losses.append(value)
         if progress and step % 50 == 0:
             bar.set_postfix(loss=f"{losses[-1]:.4f}")
         if max_seconds is not None and time.perf_counter() - start > max_seconds:

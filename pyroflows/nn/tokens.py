@@ -16,13 +16,9 @@ import torch
 from torch import nn
 
 from pyroflows.nn.velocity import TimeEmbedding, UNet8
+from pyroflows.validation import check_tokens
 
 __all__ = ["ConvNet8", "SequenceTransformer"]
-
-
-def _check_tokens(x: torch.Tensor, length: int) -> None:
-    if x.dtype != torch.long or x.dim() != 2 or x.shape[1] != length:
-        raise ValueError(f"expected int64 tokens of shape (batch, {length}), got {x.dtype} of shape {tuple(x.shape)}")
 
 
 class SequenceTransformer(nn.Module):
@@ -72,7 +68,7 @@ class SequenceTransformer(nn.Module):
             self.register_buffer("causal_mask", mask, persistent=False)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor | None = None) -> torch.Tensor:
-        _check_tokens(x, self.length)
+        check_tokens(x, self.length)
         h = self.tokens(x) + self.positions
         if self.time is not None:
             if t is None:
@@ -98,6 +94,6 @@ class ConvNet8(nn.Module):
         self.unet = UNet8(embed_dim, width, out_channels=out_vocab_size or vocab_size)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        _check_tokens(x, 64)
+        check_tokens(x, 64)
         h = self.tokens(x).transpose(1, 2).reshape(len(x), -1, 8, 8)
         return self.unet(h, t).flatten(2).transpose(1, 2)

@@ -31,6 +31,8 @@ class TimeEmbedding(nn.Module):
 
     def forward(self, t: torch.Tensor, batch_shape: torch.Size) -> torch.Tensor:
         t = torch.as_tensor(t, dtype=self.freqs.dtype, device=self.freqs.device).expand(batch_shape)[..., None]
+        if not len(self.freqs):
+            return t
         angles = t * self.freqs
         return torch.cat([t, angles.cos(), angles.sin()], -1)
 
