@@ -72,14 +72,20 @@ def instantiate(case: TransformCase, dtype: torch.dtype = torch.float64, seed: i
     return module
 
 
-def sample_inputs(module: torch.nn.Module, batch_shape=(4,), dtype=torch.float64, seed: int = 1):
-    """A random input and (for conditional layers) context of the given batch shape."""
+def sample_inputs(module: torch.nn.Module, batch_shape=(4,), dtype=torch.float64, seed: int = 1, output=False):
+    """A random input (or, with ``output=True``, a point of the layer's
+    codomain) and, for conditional layers, a context of the given batch shape."""
     gen = torch.Generator().manual_seed(seed)
     kernel = _kernel(module)
-    x = torch.randn(*batch_shape, *kernel.event_shape, generator=gen, dtype=dtype)
+    shape = kernel.output_shape if output else kernel.event_shape
+    x = torch.randn(*batch_shape, *shape, generator=gen, dtype=dtype)
     context = None
-    if kernel.context_dim is not None:
-        context = torch.randn(*batch_shape, kernel.context_dim, generator=gen, dtype=dtype)
+    if kernel.context_shape is not None:
+        context = torch.randn(*batch_shape, *kernel.context_shape, generator=gen, dtype=dtype)
+    if output and not bool(kernel.codomain.check(x).all()):  # e.g. (0, 1): map an input there
+        x = torch.randn(*batch_shape, *kernel.event_shape, generator=gen, dtype=dtype)
+        with torch.no_grad():
+            x = kernel.forward_and_log_det(x, context)[0]
     return x, context
 
 
@@ -105,7 +111,7 @@ def check_shapes(case: TransformCase, dtype=torch.float64) -> None:
         y, log_det = kernel.forward_and_log_det(x, context)
         x_back, log_det_inv = kernel.inverse_and_log_det(y, context)
         for name, value, shape in (
-            ("y", y, x.shape),
+            ("y", y, (*batch, *kernel.output_shape)),
             ("x", x_back, x.shape),
             ("log_det", log_det, batch),
             ("inverse log_det", log_det_inv, batch),
@@ -124,7 +130,7 @@ def check_inverse(case: TransformCase, dtype=torch.float64) -> None:
     x, context = sample_inputs(module, (16,), dtype)
     y, _ = kernel.forward_and_log_det(x, context)
     _close(kernel.inverse_and_log_det(y, context)[0], x, atol, "inverse(forward(x))")
-    y2, _ = sample_inputs(module, (16,), dtype, seed=2)
+    y2, _ = sample_inputs(module, (16,), dtype, seed=2, output=True)
     x2, _ = kernel.inverse_and_log_det(y2, context)
     _close(kernel.forward_and_log_det(x2, context)[0], y2, atol, "forward(inverse(y))")
 
@@ -140,7 +146,7 @@ def check_log_det(case: TransformCase, dtype=torch.float64) -> None:
     for i in range(x.shape[0]):
         ctx = None if context is None else context[i]
         jac = torch.autograd.functional.jacobian(lambda v, c=ctx: kernel._forward_and_log_det(v, c)[0], x[i])
-        _, expected = torch.linalg.slogdet(jac.reshape(x[i].numel(), x[i].numel()))
+        _, expected = torch.linalg.slogdet(jac.reshape(x[i].numel(), x[i].numel()))  # same size out and in
         if not torch.isfinite(expected):
             raise AssertionError(f"the autograd Jacobian of the forward map is singular (log|det| {expected})")
         y_i, log_det = kernel.forward_and_log_det(x[i], ctx)
@@ -177,7 +183,7 @@ def check_cache(case: TransformCase, dtype=torch.float64) -> None:
     y_ref, log_det_ref = kernel.forward_and_log_det(x, context)
     _close(y, y_ref, 1e-12, "cached forward")
     _close(transform.log_abs_det_jacobian(x, y), log_det_ref, 1e-10, "cached log_det")
-    data, _ = sample_inputs(module, (5,), dtype, seed=3)
+    data, _ = sample_inputs(module, (5,), dtype, seed=3, output=True)
     x_data = transform.inv(data)
     x_ref, log_det_ref = kernel.inverse_and_log_det(data, context)
     _close(x_data, x_ref, 1e-12, "cached inverse")
@@ -201,11 +207,11 @@ def check_batch_independence(case: TransformCase, dtype=torch.float64) -> None:
         return
     module = instantiate(case, dtype)
     kernel = _kernel(module)
-    x, context = sample_inputs(module, (4,), dtype)
-    for direction in (kernel.forward_and_log_det, kernel.inverse_and_log_det):
+    for output, direction in ((False, kernel.forward_and_log_det), (True, kernel.inverse_and_log_det)):
+        x, context = sample_inputs(module, (4,), dtype, output=output)
         y, log_det = direction(x, context)
         x2 = x.clone()
-        x2[0] += 1.0
+        x2[0] = sample_inputs(module, (1,), dtype, seed=5, output=output)[0][0]
         y2, log_det2 = direction(x2, context)
         _close(y2[1:], y[1:], 1e-12, "other batch elements' outputs")
         _close(log_det2[1:], log_det[1:], 1e-12, "other batch elements' log_det")
@@ -222,11 +228,11 @@ def check_gradients(case: TransformCase, dtype=torch.float64) -> None:
     kernel = _kernel(module)
     if not list(module.parameters()):
         return
-    data, context = sample_inputs(module, (8,), dtype)
+    data, context = sample_inputs(module, (8,), dtype, output=True)
     for name in ("log_prob", "rsample"):
         module.zero_grad()
         d = dist.TransformedDistribution(
-            _base(kernel, dtype).expand(data.shape[: -len(kernel.event_shape)]), bind(module, context)
+            _base(kernel, dtype).expand(data.shape[: -len(kernel.output_shape)]), bind(module, context)
         )
         loss = d.log_prob(data).sum() if name == "log_prob" else d.rsample().square().sum()
         loss.backward()
@@ -241,7 +247,7 @@ def check_context(case: TransformCase, dtype=torch.float64) -> None:
     """For conditional layers, a different context gives a different output."""
     module = instantiate(case, dtype)
     kernel = _kernel(module)
-    if kernel.context_dim is None:
+    if kernel.context_shape is None:
         return
     x, context = sample_inputs(module, (4,), dtype)
     y1 = kernel.forward_and_log_det(x, context)[0]
@@ -249,7 +255,7 @@ def check_context(case: TransformCase, dtype=torch.float64) -> None:
     if (y1 - y2).abs().max() < 1e-6:
         raise AssertionError("output does not depend on the context")
     y_b = kernel.forward_and_log_det(x[:1], context)[0]  # context batch dims broadcast
-    if y_b.shape != x.shape:
+    if y_b.shape != (*x.shape[: x.dim() - len(kernel.event_shape)], *kernel.output_shape):
         raise AssertionError(f"context batch dims did not broadcast: {tuple(y_b.shape)}")
 
 

@@ -49,27 +49,26 @@ def check_event(name: str, value: torch.Tensor, event_shape: Sequence[int]) -> N
 
 def check_context(
     context: torch.Tensor | None,
-    context_dim: int | None,
+    context_shape: Sequence[int] | None,
     batch_shape: torch.Size,
 ) -> None:
-    """Raise ``ValueError`` unless ``context`` fits a layer with ``context_dim``."""
-    if context_dim is None:
+    """Raise ``ValueError`` unless ``context`` fits a layer whose context has ``context_shape``."""
+    if context_shape is None:
         if context is not None:
             raise ValueError("this layer takes no context (context_dim=None), but a context was given")
         return
+    shape = ", ".join(map(str, context_shape))
     if context is None:
         raise ValueError(
-            f"this layer is conditional (context_dim={context_dim}): "
-            "call .condition(context) with a context of shape (*batch, "
-            f"{context_dim}) first"
+            f"this layer is conditional: call .condition(context) with a context of shape (*batch, {shape}) first"
         )
-    check_event("context", context, (context_dim,))
+    check_event("context", context, context_shape)
+    context_batch = context.shape[: context.dim() - len(context_shape)]
     try:
-        torch.broadcast_shapes(batch_shape, context.shape[:-1])
+        torch.broadcast_shapes(batch_shape, context_batch)
     except RuntimeError:
         raise ValueError(
-            f"context batch shape {tuple(context.shape[:-1])} does not broadcast "
-            f"with input batch shape {tuple(batch_shape)}"
+            f"context batch shape {tuple(context_batch)} does not broadcast with input batch shape {tuple(batch_shape)}"
         ) from None
 
 

@@ -12,7 +12,7 @@ D, C = 5, 3
 
 def _init_actnorm(module):
     with torch.no_grad():
-        module.inverse_and_log_det(torch.randn(64, module.event_shape[0], dtype=module.shift.dtype) * 3 + 1)
+        module.inverse_and_log_det(torch.randn(64, *module.event_shape, dtype=module.shift.dtype) * 3 + 1)
 
 
 def _eval_batchnorm(module):
@@ -143,6 +143,48 @@ CASES = [
         perturb=0.3,
         inverse_atol_float32=1e-3,
     ),
+]
+
+IMG = (4, 4, 4)
+
+
+def _init_glow(module):
+    _init_actnorm(module.actnorm)
+
+
+CASES += [
+    TransformCase("squeeze", lambda: T.Squeeze((2, 4, 6))),
+    TransformCase("unsqueeze", lambda: T.Unsqueeze((8, 2, 3))),
+    TransformCase("actnorm_image", lambda: T.ActNorm(IMG), prepare=_init_actnorm),
+    TransformCase("invertible_conv1x1", lambda: T.InvertibleConv1x1(IMG, seed=0), perturb=0.3),
+    TransformCase(
+        "image_coupling_channel_affine", lambda: T.ImageCoupling(IMG, hidden_channels=8), identity_at_init=True
+    ),
+    TransformCase(
+        "image_coupling_checkerboard_additive",
+        lambda: T.ImageCoupling(IMG, "additive", mask="checkerboard", parity=1, hidden_channels=8, num_blocks=0),
+        identity_at_init=True,
+    ),
+    TransformCase(
+        "image_coupling_spline",
+        lambda: T.ImageCoupling((2, 2, 4), "spline", hidden_channels=8),
+        identity_at_init=True,
+        perturb=0.1,
+        inverse_atol_float32=1e-3,
+    ),
+    TransformCase(
+        "cond_image_coupling_vector",
+        lambda: T.ConditionalImageCoupling(IMG, C, mask="checkerboard", hidden_channels=8),
+        identity_at_init=True,
+    ),
+    TransformCase(
+        "cond_image_coupling_feature_map",
+        lambda: T.ConditionalImageCoupling((1, 4, 4), (2, 4, 4), mask="checkerboard", hidden_channels=8),
+        identity_at_init=True,
+    ),
+    TransformCase("glow_step", lambda: T.GlowStep(IMG, hidden_channels=8, seed=0), prepare=_init_glow, perturb=0.1),
+    TransformCase("logit", lambda: T.Logit((D,), alpha=0.05)),
+    TransformCase("logit_image", lambda: T.Logit((1, 2, 2), alpha=0.0)),
 ]
 
 # Abstract bases and helpers that are not layers of their own.

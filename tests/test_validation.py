@@ -42,7 +42,10 @@ def test_wrong_context_shape_and_missing_context():
         ValueError, match=r"context batch shape \(3,\) does not broadcast with input batch shape \(4,\)"
     ):
         cond.condition(torch.zeros(3, 2))(torch.zeros(4, 4))
-    with pytest.raises(ValueError, match=r"this layer is conditional \(context_dim=2\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"this layer is conditional: call .condition\(context\) with a context of shape \(\*batch, 2\)",
+    ):
         cond.kernel(torch.zeros(4, 4))
     with pytest.raises(ValueError, match="takes no context"):
         SplineCoupling(4).forward_and_log_det(torch.zeros(4), torch.zeros(2))

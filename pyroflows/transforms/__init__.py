@@ -19,15 +19,24 @@ from pyroflows.transforms.coupling import (
     Coupling,
     SplineCoupling,
 )
-from pyroflows.transforms.linear import LULinear, Permute, Reverse, TriangularAffine
+from pyroflows.transforms.image import ConditionalImageCoupling, GlowStep, ImageCoupling, Squeeze, Unsqueeze
+from pyroflows.transforms.linear import InvertibleConv1x1, LULinear, Permute, Reverse, TriangularAffine
 from pyroflows.transforms.logdet import LogDetEstimator
 from pyroflows.transforms.masks import alternating_mask, checkerboard_mask, half_mask
 from pyroflows.transforms.normalization import ActNorm, BatchNorm
+from pyroflows.transforms.preprocessing import Logit
 from pyroflows.transforms.residual import ConditionalResidual, Residual, ResidualNotConverged
 from pyroflows.transforms.spline import Spline
 from pyroflows.transforms.univariate import RationalQuadraticSpline, ScaleShift, Shift, UnivariateMap
 
 __all__ = [
+    "Logit",
+    "InvertibleConv1x1",
+    "Unsqueeze",
+    "Squeeze",
+    "ImageCoupling",
+    "GlowStep",
+    "ConditionalImageCoupling",
     "ActNorm",
     "AdditiveCoupling",
     "AffineAutoregressive",

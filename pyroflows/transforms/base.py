@@ -30,6 +30,15 @@ from torch.distributions import Transform, constraints
 from pyroflows.validation import check_context, check_event, validation_enabled
 
 
+def _context_shape(context_dim) -> torch.Size | None:
+    if context_dim is None:
+        return None
+    shape = (context_dim,) if isinstance(context_dim, int) else context_dim
+    if not isinstance(shape, tuple) or not shape or not all(isinstance(n, int) and n >= 1 for n in shape):
+        raise ValueError(f"context_dim must be a positive int, a tuple of positive ints or None, got {context_dim!r}")
+    return torch.Size(shape)
+
+
 class _Entry(NamedTuple):
     x: torch.Tensor
     y: torch.Tensor
@@ -134,22 +143,37 @@ class FlowTransform(_CachedBijection, TransformModule):
     """Base class of every pyroflows layer: a Pyro ``TransformModule``.
 
     Args:
-        event_shape: shape of one input, e.g. ``(input_dim,)``.
-        context_dim: size of the context vector for conditional layers, or
-            ``None``. A conditional layer is used through :meth:`condition`
+        event_shape: shape of one input, e.g. ``(input_dim,)`` or ``(C, H, W)``.
+        context_dim: size of the context vector for conditional layers (or
+            the shape of a context tensor, e.g. a feature map ``(C, H, W)``),
+            or ``None``. A conditional layer is used through :meth:`condition`
             (or wrapped in a :class:`ConditionalFlowTransform`).
+        output_shape: shape of one output when it differs from the input's
+            (``Squeeze``).
     """
 
     domain = constraints.real_vector
     codomain = constraints.real_vector
     bijective = True
 
-    def __init__(self, event_shape: tuple[int, ...], context_dim: int | None = None) -> None:
+    def __init__(
+        self,
+        event_shape: tuple[int, ...],
+        context_dim: int | tuple[int, ...] | None = None,
+        output_shape: tuple[int, ...] | None = None,
+    ) -> None:
         super().__init__(cache_size=0)
-        if context_dim is not None and (not isinstance(context_dim, int) or context_dim < 1):
-            raise ValueError(f"context_dim must be a positive int or None, got {context_dim!r}")
-        self.event_shape = torch.Size(event_shape)
         self.context_dim = context_dim
+        self.context_shape = _context_shape(context_dim)
+        self._set_shapes(event_shape, output_shape)
+
+    def _set_shapes(self, event_shape: tuple[int, ...], output_shape: tuple[int, ...] | None = None) -> None:
+        self.event_shape = torch.Size(event_shape)
+        self.output_shape = self.event_shape if output_shape is None else torch.Size(output_shape)
+        if len(self.event_shape) != 1:  # images: the event is (C, H, W)
+            self.domain = constraints.independent(constraints.real, len(self.event_shape))
+        if len(self.output_shape) != 1:
+            self.codomain = constraints.independent(constraints.real, len(self.output_shape))
 
     # -- what subclasses write -------------------------------------------------
     def _forward_and_log_det(self, x: torch.Tensor, context: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -176,7 +200,7 @@ class FlowTransform(_CachedBijection, TransformModule):
         return self._inverse_and_log_det(y, context)
 
     def condition(self, context: torch.Tensor) -> ConditionedFlowTransform:
-        """Bind a context of shape ``(*batch, context_dim)``; returns a Pyro ``Transform``."""
+        """Bind a context of shape ``(*batch, *context_shape)``; returns a Pyro ``Transform``."""
         if self.context_dim is None:
             raise ValueError(f"{type(self).__name__} takes no context (context_dim=None)")
         return ConditionedFlowTransform(self, context)
@@ -202,11 +226,14 @@ class FlowTransform(_CachedBijection, TransformModule):
         return self, None
 
     def _validate(self, value: torch.Tensor, context: torch.Tensor | None, name: str) -> None:
-        check_event(name, value, self.event_shape)
-        check_context(context, self.context_dim, value.shape[: value.dim() - len(self.event_shape)])
+        shape = self.output_shape if name == "y" else self.event_shape
+        check_event(name, value, shape)
+        check_context(context, self.context_shape, value.shape[: value.dim() - len(shape)])
 
     def extra_repr(self) -> str:
         extra = f"event_shape={tuple(self.event_shape)}"
+        if self.output_shape != self.event_shape:
+            extra += f", output_shape={tuple(self.output_shape)}"
         if self.context_dim is not None:
             extra += f", context_dim={self.context_dim}"
         return extra
@@ -220,7 +247,7 @@ class ConditionedFlowTransform(_CachedBijection, Transform):
     def __init__(self, kernel: FlowTransform, context: torch.Tensor) -> None:
         super().__init__(cache_size=0)
         if validation_enabled():
-            check_event("context", context, (kernel.context_dim,))
+            check_event("context", context, kernel.context_shape)
         self.kernel = kernel
         self.context = context
 
@@ -255,7 +282,7 @@ class ConditionalFlowTransform(ConditionalTransformModule):
         return self.kernel.event_shape
 
     @property
-    def context_dim(self) -> int:
+    def context_dim(self) -> int | tuple[int, ...]:
         return self.kernel.context_dim
 
     def condition(self, context: torch.Tensor) -> ConditionedFlowTransform:

@@ -9,37 +9,51 @@ from pyroflows.transforms.base import FlowTransform
 
 
 class ActNorm(FlowTransform):
-    """Per-element affine map with data-dependent initialisation (Glow, arXiv:1807.03039).
+    """Per-element (vectors) or per-channel (images) affine map with
+    data-dependent initialisation (Glow, arXiv:1807.03039).
 
     .. math::
-        y = x \\odot e^{s} + b, \\qquad \\log|\\det J| = \\sum_i s_i
+        y = x \\odot e^{s} + b, \\qquad \\log|\\det J| = P \\sum_c s_c
 
-    The first call, in either direction, sets ``s`` and ``b`` so that its
-    *output* has zero mean and unit variance per element (the data direction
-    is the inverse: ``log_prob`` standardises the data). The ``initialized``
-    flag is a buffer, so it survives ``state_dict`` round trips. Both
-    directions are cheap.
+    where ``P`` is the number of pixels (``H * W`` for an input ``(C, H, W)``,
+    1 for vectors). The first call, in either direction, sets ``s`` and ``b``
+    so that its *output* has zero mean and unit variance per element or
+    channel (the data direction is the inverse: ``log_prob`` standardises the
+    data). The ``initialized`` flag is a buffer, so it survives
+    ``state_dict`` round trips. Both directions are cheap.
+
+    Args:
+        input_dim: ``D`` for vectors ``(*, D)``, or an image shape ``(C, H, W)``.
 
     Example:
         >>> layer = ActNorm(2)
         >>> x, _ = layer.inverse_and_log_det(torch.tensor([[1.0, 10.0], [3.0, 30.0]]))
         >>> x.detach().round(decimals=4).tolist()
         [[-1.0, -1.0], [1.0, 1.0]]
+        >>> ActNorm((3, 8, 8)).log_scale.shape
+        torch.Size([3, 1, 1])
     """
 
-    def __init__(self, input_dim: int, eps: float = 1e-6) -> None:
-        super().__init__((input_dim,))
+    def __init__(self, input_dim: int | tuple[int, int, int], eps: float = 1e-6) -> None:
+        shape = (input_dim,) if isinstance(input_dim, int) else tuple(input_dim)
+        if len(shape) not in (1, 3) or not all(isinstance(n, int) and n >= 1 for n in shape):
+            raise ValueError(f"ActNorm takes input_dim D or an image shape (C, H, W), got {input_dim!r}")
+        super().__init__(shape)
         self.eps = eps
-        self.log_scale = nn.Parameter(torch.zeros(input_dim))
-        self.shift = nn.Parameter(torch.zeros(input_dim))
+        self.pixels = 1 if len(shape) == 1 else shape[1] * shape[2]
+        param_shape = shape[:1] + (1,) * (len(shape) - 1)
+        self.log_scale = nn.Parameter(torch.zeros(param_shape))
+        self.shift = nn.Parameter(torch.zeros(param_shape))
         self.register_buffer("initialized", torch.tensor(False))
 
     @torch.no_grad()
     def _initialize(self, value: torch.Tensor, inverse: bool) -> None:
-        flat = value.reshape(-1, value.shape[-1])
-        if flat.shape[0] < 2:
-            raise ValueError(f"ActNorm initialises from a batch of at least 2 inputs, got {flat.shape[0]}")
-        mean, std = flat.mean(0), flat.std(0, unbiased=False).clamp(min=self.eps)
+        channels = self.event_shape[0]
+        flat = value.reshape(-1, channels, self.pixels).transpose(0, 1).reshape(channels, -1)
+        if flat.shape[1] < 2:
+            raise ValueError(f"ActNorm initialises from a batch of at least 2 inputs, got {flat.shape[1]}")
+        mean, std = flat.mean(1), flat.std(1, unbiased=False).clamp(min=self.eps)
+        mean, std = mean.view_as(self.shift), std.view_as(self.shift)
         if inverse:  # x = (y - b) e^{-s} standardised
             self.log_scale.copy_(std.log())
             self.shift.copy_(mean)
@@ -48,15 +62,19 @@ class ActNorm(FlowTransform):
             self.shift.copy_(-mean / std)
         self.initialized.fill_(True)
 
+    def _log_det(self, value):
+        batch = value.shape[: value.dim() - len(self.event_shape)]
+        return (self.log_scale.sum() * self.pixels).expand(batch)
+
     def _forward_and_log_det(self, x, context):
         if not self.initialized:
             self._initialize(x, inverse=False)
-        return x * self.log_scale.exp() + self.shift, self.log_scale.sum().expand(x.shape[:-1])
+        return x * self.log_scale.exp() + self.shift, self._log_det(x)
 
     def _inverse_and_log_det(self, y, context):
         if not self.initialized:
             self._initialize(y, inverse=True)
-        return (y - self.shift) * torch.exp(-self.log_scale), self.log_scale.sum().expand(y.shape[:-1])
+        return (y - self.shift) * torch.exp(-self.log_scale), self._log_det(y)
 
 
 class BatchNorm(FlowTransform):
