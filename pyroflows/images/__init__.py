@@ -1,0 +1,17 @@
+"""Generative flows for images: multi-scale Glow and RealNVP, dequantisation,
+bits/dim, data loaders and a training loop that runs under ``torchrun``."""
+
+from pyroflows.images.dequantization import UniformDequantization, VariationalDequantization
+from pyroflows.images.model import ImageFlow
+from pyroflows.images.multiscale import GaussianPrior, MultiScaleFlow, SplitPrior, glow, realnvp_image
+
+__all__ = [
+    "GaussianPrior",
+    "ImageFlow",
+    "MultiScaleFlow",
+    "SplitPrior",
+    "UniformDequantization",
+    "VariationalDequantization",
+    "glow",
+    "realnvp_image",
+]

@@ -1,0 +1,259 @@
+"""Multi-scale flows for images: levels of layers with half the channels
+factored out to a learned conditional Gaussian after each level (RealNVP,
+arXiv:1605.08803, sec. 3.6; Glow, arXiv:1807.03039)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from pyroflows.transforms.base import FlowTransform
+from pyroflows.transforms.image import GlowStep, ImageCoupling, Unsqueeze
+from pyroflows.transforms.normalization import ActNorm
+
+__all__ = ["GaussianPrior", "MultiScaleFlow", "SplitPrior", "glow", "realnvp_image"]
+
+_HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
+
+
+def _normal_log_prob(z: torch.Tensor, mean: torch.Tensor, log_std: torch.Tensor) -> torch.Tensor:
+    terms = -0.5 * ((z - mean) * torch.exp(-log_std)).square() - log_std - _HALF_LOG_2PI
+    return terms.flatten(-3).sum(-1)
+
+
+class GaussianPrior(nn.Module):
+    """A diagonal Gaussian over ``(C, H, W)`` with learned mean and log-std
+    (zero at initialisation: a standard normal)."""
+
+    def __init__(self, shape: tuple[int, int, int]) -> None:
+        super().__init__()
+        self.mean = nn.Parameter(torch.zeros(shape))
+        self.log_std = nn.Parameter(torch.zeros(shape))
+
+    def log_prob(self, z: torch.Tensor) -> torch.Tensor:
+        return _normal_log_prob(z, self.mean, self.log_std)
+
+    def sample(self, n: int, temperature: float = 1.0) -> torch.Tensor:
+        noise = torch.randn(n, *self.mean.shape, device=self.mean.device, dtype=self.mean.dtype)
+        return self.mean + temperature * self.log_std.exp() * noise
+
+
+class SplitPrior(nn.Module):
+    """The Gaussian of the factored-out channels given the kept ones: a
+    zero-initialised 3x3 convolution of the kept half gives mean and log-std
+    (Glow's learned prior for the split)."""
+
+    def __init__(self, kept_channels: int, out_channels: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(kept_channels, 2 * out_channels, 3, padding=1)
+        nn.init.zeros_(self.conv.weight)
+        nn.init.zeros_(self.conv.bias)
+
+    def _params(self, kept: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.conv(kept).chunk(2, dim=1)
+
+    def log_prob(self, z: torch.Tensor, kept: torch.Tensor) -> torch.Tensor:
+        return _normal_log_prob(z, *self._params(kept))
+
+    def sample(self, kept: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+        mean, log_std = self._params(kept)
+        return mean + temperature * log_std.exp() * torch.randn_like(mean)
+
+
+class MultiScaleFlow(nn.Module):
+    """A multi-scale flow over images ``(N, C, H, W)``.
+
+    Each level is a stack of layers in base -> data order (as
+    ``ComposeTransformModule`` lists them), usually ending with an
+    :class:`~pyroflows.transforms.Unsqueeze`, so that in the data -> base
+    direction it squeezes first. After every level but the last, the first
+    half of the channels goes on and the second half is factored out to a
+    :class:`SplitPrior` conditioned on the first; the last level's output
+    goes to a learned :class:`GaussianPrior`. Density evaluation is one
+    conditioner pass per layer; so is sampling.
+
+    Args:
+        levels: the layers of each level, base -> data order; level ``i+1``
+            takes the kept half of level ``i``'s output.
+
+    Example:
+        >>> flow = glow((1, 8, 8), num_scales=2, steps_per_scale=2, hidden_channels=8)
+        >>> flow.log_prob(torch.rand(4, 1, 8, 8)).shape
+        torch.Size([4])
+        >>> flow.sample(3).shape
+        torch.Size([3, 1, 8, 8])
+    """
+
+    def __init__(self, levels: Sequence[Sequence[FlowTransform]]) -> None:
+        super().__init__()
+        if not levels or any(not level for level in levels):
+            raise ValueError("MultiScaleFlow needs at least one level, each with at least one layer")
+        self.levels = nn.ModuleList(nn.ModuleList(level) for level in levels)
+        self.input_shape = tuple(levels[0][-1].output_shape)
+        self.splits = nn.ModuleList()
+        for i, (level, following) in enumerate(zip(levels[:-1], levels[1:])):
+            c, h, w = level[0].event_shape
+            kept = (c // 2, h, w)
+            if tuple(following[-1].output_shape) != kept:
+                raise ValueError(
+                    f"level {i + 1} must take the kept half {kept} of level {i}'s output, "
+                    f"but takes {tuple(following[-1].output_shape)}"
+                )
+            self.splits.append(SplitPrior(c // 2, c - c // 2))
+        self.top = GaussianPrior(tuple(levels[-1][0].event_shape))
+
+    def _check(self, x: torch.Tensor) -> None:
+        if not torch.is_tensor(x) or x.dim() != 4 or tuple(x.shape[1:]) != self.input_shape:
+            got = f"shape {tuple(x.shape)}" if torch.is_tensor(x) else type(x).__name__
+            raise ValueError(f"expected images of shape (N, {', '.join(map(str, self.input_shape))}), got {got}")
+
+    def encode(self, x: torch.Tensor, record: dict | None = None) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """Data -> latents (one per factored-out split, then the top) and
+        ``log|det d(latents)/dx|``. ``record`` collects each layer's mean log-det."""
+        latents, _, log_det = self._encode(x, record)
+        return latents, log_det
+
+    def _encode(self, x, record):
+        self._check(x)
+        h, total = x, x.new_zeros(x.shape[0])
+        latents, kept = [], []
+        for i, level in enumerate(self.levels):
+            for j, layer in reversed(list(enumerate(level))):
+                h, log_det = layer._inverse_and_log_det(h, None)
+                total = total - log_det
+                if record is not None:
+                    record[f"level{i}.{j}.{type(layer).__name__}"] = -log_det.detach().mean().item()
+            if i < len(self.splits):
+                c = h.shape[1] // 2
+                h, z = h[:, :c], h[:, c:]
+                latents.append(z)
+                kept.append(h)
+        latents.append(h)
+        return latents, kept, total
+
+    def decode(self, latents: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Latents -> data, the inverse of :meth:`encode`."""
+        return self._decode(latents[-1], lambda i, h: latents[i])
+
+    def _decode(self, h, factored):
+        for i in reversed(range(len(self.levels))):
+            if i < len(self.splits):
+                h = torch.cat([h, factored(i, h)], dim=1)
+            for layer in self.levels[i]:
+                h = layer._forward_and_log_det(h, None)[0]
+        return h
+
+    def log_prob(self, x: torch.Tensor, record: dict | None = None) -> torch.Tensor:
+        """``log p(x)`` (nats) of images ``(N, C, H, W)``, shape ``(N,)``."""
+        latents, kept, total = self._encode(x, record)
+        total = total + self.top.log_prob(latents[-1])
+        for split, z, h in zip(self.splits, latents, kept):
+            total = total + split.log_prob(z, h)
+        return total
+
+    @torch.no_grad()
+    def sample(self, n: int, temperature: float = 1.0) -> torch.Tensor:
+        """``n`` images; ``temperature`` scales every prior's standard deviation."""
+        if not isinstance(n, int) or n < 1:
+            raise ValueError(f"n must be a positive int, got {n!r}")
+        if not temperature > 0:
+            raise ValueError(f"temperature must be positive, got {temperature}")
+        return self._sample(n, temperature)
+
+    def _sample(self, n, temperature):
+        top = self.top.sample(n, temperature)
+        return self._decode(top, lambda i, h: self.splits[i].sample(h, temperature))
+
+
+def _checked_shape(input_shape) -> tuple[int, int, int]:
+    shape = tuple(input_shape)
+    if len(shape) != 3 or not all(isinstance(n, int) and n >= 1 for n in shape):
+        raise ValueError(f"input_shape must be (C, H, W) of positive ints, got {input_shape!r}")
+    return shape
+
+
+def _squeezed(shape, num_scales):
+    c, h, w = shape
+    if num_scales < 1:
+        raise ValueError(f"num_scales must be >= 1, got {num_scales}")
+    size = 2**num_scales
+    if h % size or w % size:
+        raise ValueError(f"{num_scales} scales halve H and W {num_scales} times: they must divide by {size}, got {shape}")
+    return c, h, w
+
+
+def glow(
+    input_shape: tuple[int, int, int],
+    num_scales: int = 2,
+    steps_per_scale: int = 8,
+    hidden_channels: int = 64,
+    num_blocks: int = 0,
+    transform: str = "affine",
+    seed: int | None = None,
+) -> MultiScaleFlow:
+    """Glow (Kingma & Dhariwal, arXiv:1807.03039): ``num_scales`` levels of
+    squeeze and ``steps_per_scale`` :class:`~pyroflows.transforms.GlowStep`,
+    with half the channels factored out after each level but the last.
+
+    Example:
+        >>> flow = glow((1, 8, 8), num_scales=2, steps_per_scale=4, hidden_channels=16)
+        >>> [tuple(level[0].event_shape) for level in flow.levels]
+        [(4, 4, 4), (8, 2, 2)]
+    """
+    c, h, w = _squeezed(_checked_shape(input_shape), num_scales)
+    gen = torch.Generator().manual_seed(seed) if seed is not None else None
+    levels = []
+    for scale in range(num_scales):
+        shape = (4 * c, h // 2, w // 2)
+        steps = [
+            GlowStep(shape, hidden_channels, num_blocks, transform, seed=_draw_seed(gen)) for _ in range(steps_per_scale)
+        ]
+        levels.append([*steps, Unsqueeze(shape)])
+        c, h, w = shape
+        if scale < num_scales - 1:
+            c = c // 2
+    return MultiScaleFlow(levels)
+
+
+def _draw_seed(gen):
+    return None if gen is None else int(torch.randint(2**31, (), generator=gen))
+
+
+def realnvp_image(
+    input_shape: tuple[int, int, int],
+    num_scales: int = 2,
+    hidden_channels: int = 64,
+    num_blocks: int = 2,
+    transform: str = "affine",
+) -> MultiScaleFlow:
+    """Multi-scale RealNVP (Dinh et al., arXiv:1605.08803, sec. 3.6): each
+    scale is three checkerboard couplings, a squeeze and three channel
+    couplings, then half the channels are factored out; the last scale is
+    four checkerboard couplings. An :class:`~pyroflows.transforms.ActNorm`
+    follows each coupling (in place of the paper's batch norm).
+
+    Example:
+        >>> flow = realnvp_image((1, 8, 8), num_scales=2, hidden_channels=16, num_blocks=1)
+        >>> [tuple(level[-1].output_shape) for level in flow.levels]
+        [(1, 8, 8), (2, 4, 4)]
+    """
+    c, h, w = _squeezed(_checked_shape(input_shape), num_scales - 1)
+
+    def couplings(shape, mask, count):
+        layers = []
+        for k in range(count):  # data -> base order, reversed below
+            layers += [ActNorm(shape), ImageCoupling(shape, transform, mask, k % 2, hidden_channels, num_blocks)]
+        return layers
+
+    levels = []
+    for _ in range(num_scales - 1):
+        squeezed = (4 * c, h // 2, w // 2)
+        data_to_base = couplings((c, h, w), "checkerboard", 3)
+        data_to_base += [Unsqueeze(squeezed), *couplings(squeezed, "channel", 3)]
+        levels.append(data_to_base[::-1])
+        c, h, w = 2 * c, h // 2, w // 2
+    levels.append(couplings((c, h, w), "checkerboard", 4)[::-1])
+    return MultiScaleFlow(levels)
