@@ -21,9 +21,10 @@ def test_mkdocs_builds_strict(tmp_path):
     assert (tmp_path / "site" / "api" / "transforms" / "index.html").exists()
 
 
-def test_readme_python_snippets_run():
+def test_readme_python_snippets_run(tmp_path, monkeypatch):
     import re
 
+    monkeypatch.chdir(tmp_path)
     import torch
 
     blocks = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
@@ -40,6 +41,9 @@ def test_readme_python_snippets_run():
     small = small.replace("SequenceTransformer(21, 32, 20)", "SequenceTransformer(21, 32, 20, dim=16, depth=1)")
     exec(small, namespace)  # noqa: S102
     assert namespace["sequences"].shape == (100, 32) and namespace["nats_per_token"] > 0
+    small = blocks[5].replace("epochs=60", "epochs=1, progress=False").replace("steps_per_scale=8", "steps_per_scale=1")
+    exec(small, namespace)  # noqa: S102
+    assert 0 < namespace["bits"] < 4.5 and (tmp_path / "glow_samples.png").exists()
 
 
 def test_flow_matching_page_example_runs():
@@ -58,3 +62,15 @@ def test_discrete_page_example_runs():
     namespace: dict = {}
     exec(block.replace("steps=500", "steps=5").replace("10_000", "500"), namespace)  # noqa: S102 - our own docs
     assert namespace["samples"].shape == (500, 32) and namespace["elbo"] > 0
+
+
+def test_images_page_example_runs(tmp_path, monkeypatch):
+    import re
+
+    monkeypatch.chdir(tmp_path)
+    block = re.findall(r"```python\n(.*?)```", (ROOT / "docs" / "images.md").read_text(), re.S)[0]
+    small = block.replace("epochs=60", "epochs=2, progress=False").replace("steps_per_scale=8", "steps_per_scale=2")
+    namespace: dict = {}
+    exec(small, namespace)  # noqa: S102 - our own docs
+    assert namespace["history"].test_bpd[-1] < 4.09 and namespace["samples"].shape == (16, 1, 8, 8)
+    assert (tmp_path / "samples.png").exists()

@@ -26,10 +26,10 @@ def _heavy_tailed(shape, seed):
 def _run(case, perturb):
     module = instantiate(dataclasses.replace(case, perturb=perturb), torch.float32)
     kernel = _kernel(module)
-    rows = N // kernel.event_shape[0]
+    rows = N // kernel.event_shape.numel()
     x = _heavy_tailed((rows, *kernel.event_shape), 0)
     y_data = _heavy_tailed((rows, *kernel.event_shape), 1)
-    context = None if kernel.context_dim is None else _heavy_tailed((rows, kernel.context_dim), 2)
+    context = None if kernel.context_shape is None else _heavy_tailed((rows, *kernel.context_shape), 2)
     with torch.no_grad():
         y, log_det = kernel.forward_and_log_det(x, context)
         x_back, log_det_back = kernel.inverse_and_log_det(y, context)
@@ -49,7 +49,12 @@ def test_heavy_tails_stay_finite(case):
         assert torch.isfinite(value).all(), f"{name} has {int((~torch.isfinite(value)).sum())} non-finite values"
 
 
-@pytest.mark.parametrize("case", RELIABILITY_CASES, ids=lambda c: c.name)
+# Rows of an image event (64 values) are never all inside the box under a Cauchy;
+# image couplings' float32 inverses are checked by the contract harness instead.
+VECTOR_CASES = [c for c in RELIABILITY_CASES if "image" not in c.name]
+
+
+@pytest.mark.parametrize("case", VECTOR_CASES, ids=lambda c: c.name)
 def test_heavy_tails_invert_accurately_inside_the_box(case):
     """With conditioners at a trained-like scale, rows inside [-B, B] invert to float32 accuracy."""
     kernel, context, x, _, x_back, y_data, y_back, (log_det, log_det_back, _) = _run(case, 0.1)

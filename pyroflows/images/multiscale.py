@@ -94,7 +94,7 @@ class MultiScaleFlow(nn.Module):
         self.levels = nn.ModuleList(nn.ModuleList(level) for level in levels)
         self.input_shape = tuple(levels[0][-1].output_shape)
         self.splits = nn.ModuleList()
-        for i, (level, following) in enumerate(zip(levels[:-1], levels[1:])):
+        for i, (level, following) in enumerate(zip(levels[:-1], levels[1:], strict=True)):
             c, h, w = level[0].event_shape
             kept = (c // 2, h, w)
             if tuple(following[-1].output_shape) != kept:
@@ -150,7 +150,7 @@ class MultiScaleFlow(nn.Module):
         """``log p(x)`` (nats) of images ``(N, C, H, W)``, shape ``(N,)``."""
         latents, kept, total = self._encode(x, record)
         total = total + self.top.log_prob(latents[-1])
-        for split, z, h in zip(self.splits, latents, kept):
+        for split, z, h in zip(self.splits, latents, kept, strict=False):
             total = total + split.log_prob(z, h)
         return total
 
@@ -181,7 +181,9 @@ def _squeezed(shape, num_scales):
         raise ValueError(f"num_scales must be >= 1, got {num_scales}")
     size = 2**num_scales
     if h % size or w % size:
-        raise ValueError(f"{num_scales} scales halve H and W {num_scales} times: they must divide by {size}, got {shape}")
+        raise ValueError(
+            f"{num_scales} scales halve H and W {num_scales} times: they must divide by {size}, got {shape}"
+        )
     return c, h, w
 
 
@@ -200,8 +202,8 @@ def glow(
 
     Example:
         >>> flow = glow((1, 8, 8), num_scales=2, steps_per_scale=4, hidden_channels=16)
-        >>> [tuple(level[0].event_shape) for level in flow.levels]
-        [(4, 4, 4), (8, 2, 2)]
+        >>> tuple(tuple(level[0].event_shape) for level in flow.levels)
+        ((4, 4, 4), (8, 2, 2))
     """
     c, h, w = _squeezed(_checked_shape(input_shape), num_scales)
     gen = torch.Generator().manual_seed(seed) if seed is not None else None
@@ -209,7 +211,8 @@ def glow(
     for scale in range(num_scales):
         shape = (4 * c, h // 2, w // 2)
         steps = [
-            GlowStep(shape, hidden_channels, num_blocks, transform, seed=_draw_seed(gen)) for _ in range(steps_per_scale)
+            GlowStep(shape, hidden_channels, num_blocks, transform, seed=_draw_seed(gen))
+            for _ in range(steps_per_scale)
         ]
         levels.append([*steps, Unsqueeze(shape)])
         c, h, w = shape
@@ -237,8 +240,8 @@ def realnvp_image(
 
     Example:
         >>> flow = realnvp_image((1, 8, 8), num_scales=2, hidden_channels=16, num_blocks=1)
-        >>> [tuple(level[-1].output_shape) for level in flow.levels]
-        [(1, 8, 8), (2, 4, 4)]
+        >>> tuple(tuple(level[-1].output_shape) for level in flow.levels)
+        ((1, 8, 8), (2, 4, 4))
     """
     c, h, w = _squeezed(_checked_shape(input_shape), num_scales - 1)
 

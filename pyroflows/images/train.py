@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -130,6 +131,7 @@ def train(
     temperature: float = 0.8,
     seed: int = 0,
     progress: bool = True,
+    callback: Callable[[int, ImageHistory], bool | None] | None = None,
 ) -> ImageHistory:
     """Train ``model`` by maximum likelihood (bits/dim) with Adam.
 
@@ -143,6 +145,8 @@ def train(
     the first batch (the same on every rank). Under ``torchrun`` each rank
     takes its share of every batch; only rank 0 writes files. A NaN or Inf
     loss raises :class:`~pyroflows.infer.fit.NonFiniteLossError`.
+    ``callback(epoch, history)`` runs after every epoch; returning ``True``
+    stops the run there (a later call with the same ``checkpoint`` resumes it).
     """
     _check_images("train_data", train_data, model)
     if test_data is not None:
@@ -222,5 +226,7 @@ def train(
                     }
                     torch.save(state, path.with_suffix(".tmp"))
                     os.replace(path.with_suffix(".tmp"), path)
+        if callback is not None and callback(epoch + 1, history):
+            break
     bar.close()
     return history

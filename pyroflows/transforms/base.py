@@ -138,6 +138,16 @@ class _CachedBijection:
         """Drop the cached triple (never needed for correctness)."""
         self._entry = None
 
+    def forward_shape(self, shape):
+        kernel, _ = self._kernel_and_context()
+        n = len(kernel.event_shape)
+        return torch.Size((*shape[: len(shape) - n], *kernel.output_shape))
+
+    def inverse_shape(self, shape):
+        kernel, _ = self._kernel_and_context()
+        n = len(kernel.output_shape)
+        return torch.Size((*shape[: len(shape) - n], *kernel.event_shape))
+
 
 class FlowTransform(_CachedBijection, TransformModule):
     """Base class of every pyroflows layer: a Pyro ``TransformModule``.

@@ -221,7 +221,8 @@ class GlowStep(FlowTransform):
         + \\sum_{i \\in B} \\log \\tau'(\\cdot)
 
     Both directions cost one conditioner pass; ActNorm initialises from the
-    first batch it sees.
+    first batch it sees. In the data -> base direction ActNorm and the 1x1
+    convolution run as one affine map per pixel.
 
     Example:
         >>> step = GlowStep((4, 4, 4), hidden_channels=8)
@@ -260,8 +261,16 @@ class GlowStep(FlowTransform):
         return x, total
 
     def _inverse_and_log_det(self, y, context):
-        total = 0.0
-        for layer in reversed(self.layers):
-            y, log_det = layer._inverse_and_log_det(y, context)
-            total = total + log_det
-        return y, total
+        act, conv = self.actnorm, self.conv
+        if not act.initialized:
+            y, log_det = act._inverse_and_log_det(y, context)
+            y, conv_log_det = conv._inverse_and_log_det(y, context)
+        else:  # V ((y - b) e^{-s}) = M y - M b with M = V diag(e^{-s})
+            matrix = conv.weight() * torch.exp(-act.log_scale).view(1, -1)
+            bias = -(matrix @ act.shift.view(-1, 1))
+            flat = y.reshape(*y.shape[:-3], y.shape[-3], conv.pixels)
+            y = (torch.matmul(matrix, flat) + bias).view(y.shape)
+            log_det = act._log_det(y)
+            conv_log_det = (-conv.pixels * conv.log_diag.sum()).expand(log_det.shape)
+        x, coupling_log_det = self.coupling._inverse_and_log_det(y, context)
+        return x, log_det + conv_log_det + coupling_log_det

@@ -104,16 +104,19 @@ class LULinear(FlowTransform):
 
 
 class InvertibleConv1x1(LULinear):
-    """Glow's invertible 1x1 convolution: the same matrix ``W`` (LU-parametrised,
-    as :class:`LULinear`) mixes the channels of every pixel of ``(*, C, H, W)``.
+    """Glow's invertible 1x1 convolution: one ``C x C`` matrix mixes the
+    channels of every pixel of ``(*, C, H, W)``.
 
     .. math::
-        y_{:, h, w} = W x_{:, h, w}, \\qquad \\log|\\det J| = H W \\sum_i s_i
+        x_{:, h, w} = V y_{:, h, w}, \\qquad V = P L (U + \\mathrm{diag}(\\sigma e^{s})), \\qquad
+        \\log|\\det \\partial y / \\partial x| = -H W \\sum_i s_i
 
-    The log-det costs ``O(C)``. Both directions are one ``C x C`` matrix
-    product per pixel (the inverse matrix comes from two ``C x C`` triangular
-    solves). Starts at a random rotation (Kingma & Dhariwal,
-    arXiv:1807.03039, sec. 3.2), drawn from ``seed`` when given.
+    The LU factors (as in :class:`LULinear`) parametrise ``V``, the matrix of
+    the data -> base direction (the inverse here), as Glow does: density
+    evaluation, hence training, is one matrix product per pixel; sampling
+    (the forward) applies :math:`V^{-1}`, from two ``C x C`` triangular
+    solves. The log-det costs ``O(C)``. Starts at a random rotation (Kingma &
+    Dhariwal, arXiv:1807.03039, sec. 3.2), drawn from ``seed`` when given.
 
     Example:
         >>> layer = InvertibleConv1x1((4, 8, 8), seed=0)
@@ -131,25 +134,28 @@ class InvertibleConv1x1(LULinear):
         gen = None if seed is None else torch.Generator().manual_seed(seed)
         self._start_at(torch.linalg.qr(torch.randn(input_shape[0], input_shape[0], generator=gen))[0])
 
+    def weight(self) -> torch.Tensor:
+        """``V``, the data -> base matrix."""
+        lower, upper = self._factors()
+        return (lower @ upper).index_select(0, self.permutation)
+
     def inverse_weight(self) -> torch.Tensor:
-        """``W^{-1}``, from two triangular solves."""
+        """``V^{-1}``, the base -> data matrix, from two triangular solves."""
         lower, upper = self._factors()
         eye = torch.eye(len(self.permutation), dtype=lower.dtype, device=lower.device)
-        unpermute = eye[:, self.permutation]  # P^T
-        z = torch.linalg.solve_triangular(lower, unpermute, upper=False, unitriangular=True)
+        z = torch.linalg.solve_triangular(lower, eye.index_select(1, self.permutation), upper=False, unitriangular=True)
         return torch.linalg.solve_triangular(upper, z, upper=True)
 
-    def _mix(self, matrix, value):
-        channels = value.shape[-3]
-        flat = value.reshape(*value.shape[:-3], channels, self.pixels)
-        log_det = (self.log_diag.sum() * self.pixels).expand(value.shape[:-3])
+    def _mix(self, matrix, value, sign):
+        flat = value.reshape(*value.shape[:-3], value.shape[-3], self.pixels)
+        log_det = (sign * self.pixels * self.log_diag.sum()).expand(value.shape[:-3])
         return torch.matmul(matrix, flat).view(value.shape), log_det
 
     def _forward_and_log_det(self, x, context):
-        return self._mix(self.weight(), x)
+        return self._mix(self.inverse_weight(), x, -1)
 
     def _inverse_and_log_det(self, y, context):
-        return self._mix(self.inverse_weight(), y)
+        return self._mix(self.weight(), y, -1)
 
 
 class TriangularAffine(FlowTransform):
