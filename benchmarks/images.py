@@ -67,7 +67,7 @@ def build(name: str, args, seed: int) -> torch.nn.Module:
     if name == "pyroflows-realnvp":
         flow = realnvp_image(SHAPE, args.scales, args.hidden, num_blocks=1)
     else:
-        flow = glow(SHAPE, args.scales, args.steps, args.hidden, seed=seed)
+        flow = glow(SHAPE, args.scales, args.steps, args.hidden, transform=args.transform, seed=seed)
     deq = "variational" if name.endswith("variational") else "uniform"
     return ImageFlow(flow, LEVELS, deq, "logit", ALPHA)
 
@@ -172,6 +172,9 @@ def main() -> None:
     parser.add_argument("--scales", type=int, default=2)
     parser.add_argument("--steps", type=int, default=8, help="Glow steps per scale")
     parser.add_argument("--hidden", type=int, default=64)
+    parser.add_argument(
+        "--transform", default="affine-sigmoid", help="pyroflows Glow coupling: affine or affine-sigmoid"
+    )
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--timing", action="store_true")
     parser.add_argument("--rounds", type=int, default=5)

@@ -161,6 +161,11 @@ CASES += [
         "image_coupling_channel_affine", lambda: T.ImageCoupling(IMG, hidden_channels=8), identity_at_init=True
     ),
     TransformCase(
+        "image_coupling_affine_sigmoid",
+        lambda: T.ImageCoupling(IMG, "affine-sigmoid", parity=1, hidden_channels=8),
+        identity_at_init=True,
+    ),
+    TransformCase(
         "image_coupling_checkerboard_additive",
         lambda: T.ImageCoupling(IMG, "additive", mask="checkerboard", parity=1, hidden_channels=8, num_blocks=0),
         identity_at_init=True,

@@ -193,12 +193,14 @@ def glow(
     steps_per_scale: int = 8,
     hidden_channels: int = 64,
     num_blocks: int = 0,
-    transform: str = "affine",
+    transform: str = "affine-sigmoid",
     seed: int | None = None,
 ) -> MultiScaleFlow:
     """Glow (Kingma & Dhariwal, arXiv:1807.03039): ``num_scales`` levels of
     squeeze and ``steps_per_scale`` :class:`~pyroflows.transforms.GlowStep`,
     with half the channels factored out after each level but the last.
+    Couplings use Glow's sigmoid scale by default (``transform``, see
+    :class:`~pyroflows.transforms.ImageCoupling`).
 
     Example:
         >>> flow = glow((1, 8, 8), num_scales=2, steps_per_scale=4, hidden_channels=16)

@@ -13,7 +13,13 @@ from pyroflows.nn.convnets import ConvResNet
 from pyroflows.transforms.base import ConditionalFlowTransform, FlowTransform
 from pyroflows.transforms.linear import InvertibleConv1x1
 from pyroflows.transforms.normalization import ActNorm
-from pyroflows.transforms.univariate import RationalQuadraticSpline, ScaleShift, Shift, UnivariateMap
+from pyroflows.transforms.univariate import (
+    RationalQuadraticSpline,
+    ScaleShift,
+    Shift,
+    SigmoidScaleShift,
+    UnivariateMap,
+)
 
 __all__ = [
     "ConditionalImageCoupling",
@@ -103,7 +109,12 @@ class Unsqueeze(FlowTransform):
 def _univariate(transform: str | UnivariateMap, max_log_scale: float | None) -> UnivariateMap:
     if isinstance(transform, UnivariateMap):
         return transform
-    maps = {"affine": lambda: ScaleShift(max_log_scale), "additive": Shift, "spline": RationalQuadraticSpline}
+    maps = {
+        "affine": lambda: ScaleShift(max_log_scale),
+        "affine-sigmoid": SigmoidScaleShift,
+        "additive": Shift,
+        "spline": RationalQuadraticSpline,
+    }
     if transform not in maps:
         raise ValueError(f"transform must be one of {sorted(maps)} or a UnivariateMap, got {transform!r}")
     return maps[transform]()
@@ -120,8 +131,10 @@ class ImageCoupling(FlowTransform):
         y_A = x_A, \\qquad y_B = \\tau(x_B;\\, \\theta(x_A, c)), \\qquad
         \\log|\\det J| = \\sum_{i \\in B} \\log \\tau'(x_i)
 
-    ``transform`` is ``"affine"`` (RealNVP/Glow, log-scale soft-clamped to
-    ``max_log_scale``), ``"additive"`` (NICE), ``"spline"`` or any
+    ``transform`` is ``"affine"`` (RealNVP, log-scale soft-clamped to
+    ``max_log_scale``), ``"affine-sigmoid"`` (Glow's sigmoid scale,
+    :class:`~pyroflows.transforms.univariate.SigmoidScaleShift`),
+    ``"additive"`` (NICE), ``"spline"`` or any
     :class:`~pyroflows.transforms.univariate.UnivariateMap`. Masks:
     ``"channel"`` (half of the channels; needs ``C >= 2``) or
     ``"checkerboard"`` (alternate pixels, all channels); ``parity`` flips

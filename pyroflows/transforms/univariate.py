@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 
 from pyroflows.transforms.rqs_kernel import RQSpline, SplineConfig, knot_table
 
@@ -68,6 +69,29 @@ class ScaleShift(UnivariateMap):
     def inverse(self, y, params):
         log_scale = soft_clamp(params[..., 1], self.max_log_scale)
         return (y - params[..., 0]) * torch.exp(-log_scale), log_scale
+
+
+class SigmoidScaleShift(UnivariateMap):
+    """Glow's affine map: in the data -> base direction (the inverse)
+    ``x = (y - t) * c``, with ``c = sigmoid(h + 2) / sigmoid(2)`` in
+    ``(0, 1.135)``, so that direction barely expands; ``y = x / c + t``
+    forward. Parameters are ordered ``(t, h)``; zero gives the identity.
+    """
+
+    num_params = 2
+    _OFFSET = 2.0
+    _LOG_SIGMOID_OFFSET = -math.log1p(math.exp(-_OFFSET))
+
+    def _log_c(self, h):
+        return F.logsigmoid(h + self._OFFSET) - self._LOG_SIGMOID_OFFSET
+
+    def forward(self, x, params):
+        log_c = self._log_c(params[..., 1])
+        return x * torch.exp(-log_c) + params[..., 0], -log_c
+
+    def inverse(self, y, params):
+        log_c = self._log_c(params[..., 1])
+        return (y - params[..., 0]) * log_c.exp(), -log_c
 
 
 class RationalQuadraticSpline(UnivariateMap):
