@@ -306,8 +306,8 @@ def test_digits_split_and_image_grid(tmp_path):
     assert len(train_data.images) + len(test_data.images) == 1797
     assert train_data.images.max() == 16 and train_data.num_levels == 17
     path = tmp_path / "grid.png"
-    save_image_grid(test_data.images[:10], path, 17, nrow=5)
+    save_image_grid(test_data.images[:10], path, 17, nrow=5, scale=3)
     import matplotlib.image
 
     image = matplotlib.image.imread(path)
-    assert image.shape[:2] == (2 * 9 + 1, 5 * 9 + 1)
+    assert image.shape[:2] == (3 * (2 * 9 + 1), 3 * (5 * 9 + 1))

@@ -61,8 +61,11 @@ def setup_distributed() -> tuple[int, int]:
     return 0, 1
 
 
-def save_image_grid(images: torch.Tensor, path: str | Path, num_levels: int, nrow: int | None = None) -> None:
-    """Tile pixel images ``(N, C, H, W)`` (C = 1 or 3) into one PNG."""
+def save_image_grid(
+    images: torch.Tensor, path: str | Path, num_levels: int, nrow: int | None = None, scale: int | None = None
+) -> None:
+    """Tile pixel images ``(N, C, H, W)`` (C = 1 or 3) into one PNG, each pixel
+    drawn as a ``scale x scale`` block (by default the grid is about 480 pixels wide)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -76,6 +79,8 @@ def save_image_grid(images: torch.Tensor, path: str | Path, num_levels: int, nro
         r, q = divmod(k, nrow)
         grid[:, 1 + r * (h + 1) : 1 + r * (h + 1) + h, 1 + q * (w + 1) : 1 + q * (w + 1) + w] = images[k].float()
     grid = (grid / (num_levels - 1)).clamp(0, 1)
+    scale = scale or max(1, 480 // grid.shape[-1])
+    grid = grid.repeat_interleave(scale, 1).repeat_interleave(scale, 2)
     image = grid[0].numpy() if c == 1 else grid.permute(1, 2, 0).numpy()
     plt.imsave(str(path), image, cmap="gray_r" if c == 1 else None, vmin=0, vmax=1)
 
@@ -178,7 +183,10 @@ def train(
         with torch.no_grad():  # data-dependent init, identical on every rank
             first = train_data[_epoch_order(len(train_data), seed, 0)[:batch_size]].to(device)
             model.log_prob(first, model.draw_noise(batch_size, _generator(seed, 0)))
-    net = DistributedDataParallel(model) if world > 1 else model
+    if world > 1:
+        net = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
+    else:
+        net = model
     share = batch_size // world
     from tqdm.auto import tqdm
 
