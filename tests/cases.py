@@ -188,6 +188,13 @@ CASES += [
         identity_at_init=True,
     ),
     TransformCase("glow_step", lambda: T.GlowStep(IMG, hidden_channels=8, seed=0), prepare=_init_glow, perturb=0.1),
+    TransformCase(
+        "conv_residual",
+        lambda: T.ConvResidual((2, 2, 2), hidden_channels=8, log_det=T.LogDetEstimator("exact"), atol=1e-12),
+        identity_at_init=True,
+        perturb=0.3,
+        inverse_atol_float32=1e-4,
+    ),
     TransformCase("logit", lambda: T.Logit((D,), alpha=0.05)),
     TransformCase("logit_image", lambda: T.Logit((1, 2, 2), alpha=0.0)),
 ]

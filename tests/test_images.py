@@ -14,11 +14,11 @@ import pyro.distributions as dist
 import pytest
 import torch
 
-from pyroflows.images import ImageFlow, VariationalDequantization, glow, realnvp_image
+from pyroflows.images import ImageFlow, VariationalDequantization, glow, realnvp_image, resflow_image
 from pyroflows.images.data import load_cifar10, load_digits_images, load_mnist
 from pyroflows.images.train import lr_factor, save_image_grid, train
 from pyroflows.infer.fit import NonFiniteLossError
-from pyroflows.transforms import GlowStep, ImageCoupling, Logit, Unsqueeze
+from pyroflows.transforms import GlowStep, ImageCoupling, LogDetEstimator, Logit, Unsqueeze
 
 from .ddp_worker import one_step_gradients, tiny_data, tiny_model
 
@@ -38,8 +38,9 @@ def _perturbed(flow, scale=0.05, seed=0):
         lambda: glow((1, 8, 8), num_scales=2, steps_per_scale=2, hidden_channels=8, seed=0),
         lambda: glow((3, 4, 4), num_scales=2, steps_per_scale=1, hidden_channels=8, transform="additive"),
         lambda: realnvp_image((1, 8, 8), num_scales=2, hidden_channels=8, num_blocks=1),
+        lambda: resflow_image((1, 4, 4), 2, 1, 8, log_det=LogDetEstimator("exact")),
     ],
-    ids=["glow", "glow_additive_rgb", "realnvp"],
+    ids=["glow", "glow_additive_rgb", "realnvp", "resflow_exact"],
 )
 def test_multiscale_log_prob_is_the_change_of_variables(build):
     torch.manual_seed(0)

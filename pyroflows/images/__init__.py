@@ -3,7 +3,7 @@ bits/dim, data loaders and a training loop that runs under ``torchrun``."""
 
 from pyroflows.images.dequantization import UniformDequantization, VariationalDequantization
 from pyroflows.images.model import ImageFlow
-from pyroflows.images.multiscale import GaussianPrior, MultiScaleFlow, SplitPrior, glow, realnvp_image
+from pyroflows.images.multiscale import GaussianPrior, MultiScaleFlow, SplitPrior, glow, realnvp_image, resflow_image
 
 __all__ = [
     "GaussianPrior",
@@ -14,4 +14,5 @@ __all__ = [
     "VariationalDequantization",
     "glow",
     "realnvp_image",
+    "resflow_image",
 ]

@@ -12,9 +12,11 @@ from torch import nn
 
 from pyroflows.transforms.base import FlowTransform
 from pyroflows.transforms.image import GlowStep, ImageCoupling, Unsqueeze
+from pyroflows.transforms.logdet import LogDetEstimator
 from pyroflows.transforms.normalization import ActNorm
+from pyroflows.transforms.residual import ConvResidual
 
-__all__ = ["GaussianPrior", "MultiScaleFlow", "SplitPrior", "glow", "realnvp_image"]
+__all__ = ["GaussianPrior", "MultiScaleFlow", "SplitPrior", "glow", "realnvp_image", "resflow_image"]
 
 _HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 
@@ -261,4 +263,37 @@ def realnvp_image(
         levels.append(data_to_base[::-1])
         c, h, w = 2 * c, h // 2, w // 2
     levels.append(couplings((c, h, w), "checkerboard", 4)[::-1])
+    return MultiScaleFlow(levels)
+
+
+def resflow_image(
+    input_shape: tuple[int, int, int],
+    num_scales: int = 2,
+    blocks_per_scale: int = 4,
+    hidden_channels: int = 64,
+    coeff: float = 0.97,
+    log_det: LogDetEstimator | None = None,
+) -> MultiScaleFlow:
+    """A multi-scale residual flow (Residual Flows, arXiv:1906.02735): each
+    scale squeezes and applies ``blocks_per_scale`` pairs of
+    :class:`~pyroflows.transforms.ActNorm` and
+    :class:`~pyroflows.transforms.ConvResidual` (unbiased Russian-roulette
+    log-dets by default), with half the channels factored out between scales.
+
+    Example:
+        >>> flow = resflow_image((1, 8, 8), num_scales=2, blocks_per_scale=1, hidden_channels=8)
+        >>> flow.log_prob(torch.rand(2, 1, 8, 8)).shape
+        torch.Size([2])
+    """
+    c, h, w = _squeezed(_checked_shape(input_shape), num_scales)
+    levels = []
+    for scale in range(num_scales):
+        shape = (4 * c, h // 2, w // 2)
+        blocks = []
+        for _ in range(blocks_per_scale):
+            blocks += [ConvResidual(shape, hidden_channels, coeff, log_det), ActNorm(shape)]
+        levels.append([*blocks, Unsqueeze(shape)])
+        c, h, w = shape
+        if scale < num_scales - 1:
+            c = c // 2
     return MultiScaleFlow(levels)

@@ -2,7 +2,7 @@
 
 from pyroflows.nn.convnets import ConvResNet
 from pyroflows.nn.dense import DenseNN
-from pyroflows.nn.lipschitz import LipschitzMLP, LipSwish, SpectralNormLinear
+from pyroflows.nn.lipschitz import LipschitzConvNet, LipschitzMLP, LipSwish, SpectralNormConv2d, SpectralNormLinear
 from pyroflows.nn.made import MADE, MaskedLinear
 from pyroflows.nn.odenet import ConcatSquashLinear, ConcatSquashMLP
 
@@ -13,7 +13,9 @@ __all__ = [
     "ConcatSquashMLP",
     "DenseNN",
     "LipSwish",
+    "LipschitzConvNet",
     "LipschitzMLP",
     "MaskedLinear",
+    "SpectralNormConv2d",
     "SpectralNormLinear",
 ]

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["LipSwish", "LipschitzMLP", "SpectralNormLinear"]
+__all__ = ["LipSwish", "LipschitzConvNet", "LipschitzMLP", "SpectralNormConv2d", "SpectralNormLinear"]
 
 
 class LipSwish(nn.Module):
@@ -22,27 +22,18 @@ class LipSwish(nn.Module):
         return x * torch.sigmoid(F.softplus(self.raw_beta) * x) / 1.1
 
 
-class SpectralNormLinear(nn.Linear):
-    """Linear layer whose weight is rescaled to spectral norm at most ``coeff``.
+class _SpectralNorm:
+    """Power iteration for the spectral norm of a linear operator ``A`` given
+    by ``_op(v)`` and its adjoint ``_op_adjoint(u)`` (buffers ``u``, ``v``).
 
-    The spectral norm is estimated by power iteration whenever the weight
-    changes: to ``tol`` (at most ``max_iterations``) the first time, then
-    ``warm_iterations`` steps warm-started from the last vectors (the weight
-    moves little per optimiser step). Between weight changes the layer is one
-    fixed function, so forward and fixed-point inverse see the same map.
+    The norm is estimated whenever the weight changes: to ``tol`` (at most
+    ``max_iterations``) the first time, then ``warm_iterations`` steps
+    warm-started from the last vectors (the weight moves little per optimiser
+    step). Between weight changes the layer is one fixed function, so forward
+    and fixed-point inverse see the same map.
     """
 
-    def __init__(
-        self,
-        in_features: int,
-        out_features: int,
-        coeff: float = 0.97,
-        tol: float = 1e-6,
-        max_iterations: int = 200,
-        warm_iterations: int = 2,
-        zero_init: bool = False,
-    ) -> None:
-        super().__init__(in_features, out_features)
+    def _setup(self, coeff, tol, max_iterations, warm_iterations, u_shape, v_shape, zero_init) -> None:
         if not 0 < coeff:
             raise ValueError(f"coeff must be positive, got {coeff}")
         self.coeff, self.tol, self.max_iterations, self.warm_iterations = coeff, tol, max_iterations, warm_iterations
@@ -51,8 +42,8 @@ class SpectralNormLinear(nn.Linear):
             nn.init.zeros_(self.weight)
             nn.init.zeros_(self.bias)
         gen = torch.Generator().manual_seed(0)
-        self.register_buffer("u", F.normalize(torch.randn(out_features, generator=gen), dim=0))
-        self.register_buffer("v", F.normalize(torch.randn(in_features, generator=gen), dim=0))
+        self.register_buffer("u", _unit(torch.randn(u_shape, generator=gen)))
+        self.register_buffer("v", _unit(torch.randn(v_shape, generator=gen)))
         self.register_buffer("synced", torch.tensor(False))  # u, v belong to the saved weight
         self._seen: tuple | None = None
 
@@ -82,17 +73,17 @@ class SpectralNormLinear(nn.Linear):
         key = self._key()
         if key == self._seen:
             return
-        w, u, v = self.weight, self.u.to(self.weight.dtype), self.v.to(self.weight.dtype)
+        u, v = self.u.to(self.weight.dtype), self.v.to(self.weight.dtype)
         if self._warm and self.warm_iterations:
             for _ in range(self.warm_iterations):
-                v = F.normalize(w.T @ u, dim=0, eps=1e-12)
-                u = F.normalize(w @ v, dim=0, eps=1e-12)
+                v = _unit(self._op_adjoint(u))
+                u = _unit(self._op(v))
         else:
-            sigma = torch.zeros((), dtype=w.dtype)
+            sigma = torch.zeros((), dtype=u.dtype)
             for _ in range(self.max_iterations):
-                v = F.normalize(w.T @ u, dim=0, eps=1e-12)
-                u = F.normalize(w @ v, dim=0, eps=1e-12)
-                new = u @ w @ v
+                v = _unit(self._op_adjoint(u))
+                u = _unit(self._op(v))
+                new = (u * self._op(v)).sum()
                 if (new - sigma).abs() <= self.tol * new.abs().clamp(min=1e-12):
                     break
                 sigma = new
@@ -104,11 +95,75 @@ class SpectralNormLinear(nn.Linear):
 
     def normalized_weight(self) -> torch.Tensor:
         self._power_iteration()
-        sigma = self.u.to(self.weight.dtype) @ self.weight @ self.v.to(self.weight.dtype)
+        sigma = (self.u.to(self.weight.dtype) * self._op(self.v.to(self.weight.dtype), self.weight)).sum()
         return self.weight / torch.clamp(sigma / self.coeff, min=1.0)
+
+
+def _unit(x: torch.Tensor) -> torch.Tensor:
+    return x / x.norm().clamp(min=1e-12)
+
+
+class SpectralNormLinear(_SpectralNorm, nn.Linear):
+    """Linear layer whose weight is rescaled to spectral norm at most ``coeff``
+    (power iteration, see :class:`_SpectralNorm`)."""
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        coeff: float = 0.97,
+        tol: float = 1e-6,
+        max_iterations: int = 200,
+        warm_iterations: int = 2,
+        zero_init: bool = False,
+    ) -> None:
+        nn.Linear.__init__(self, in_features, out_features)
+        self._setup(coeff, tol, max_iterations, warm_iterations, (out_features,), (in_features,), zero_init)
+
+    def _op(self, v, weight=None):
+        return (self.weight if weight is None else weight) @ v
+
+    def _op_adjoint(self, u):
+        return self.weight.T @ u
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(x, self.normalized_weight(), self.bias)
+
+
+class SpectralNormConv2d(_SpectralNorm, nn.Conv2d):
+    """Convolution (stride 1, "same" padding) rescaled to operator norm at most
+    ``coeff`` on images of ``input_size = (H, W)``: the power iteration runs
+    the convolution and its transpose (Residual Flows, arXiv:1906.02735)."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int,
+        input_size: tuple[int, int],
+        coeff: float = 0.97,
+        tol: float = 1e-6,
+        max_iterations: int = 200,
+        warm_iterations: int = 2,
+        zero_init: bool = False,
+    ) -> None:
+        nn.Conv2d.__init__(self, in_channels, out_channels, kernel_size, padding=kernel_size // 2)
+        h, w = input_size
+        self._setup(coeff, tol, max_iterations, warm_iterations, (out_channels, h, w), (in_channels, h, w), zero_init)
+
+    def _op(self, v, weight=None):
+        return F.conv2d(v[None], self.weight if weight is None else weight, padding=self.padding)[0]
+
+    def _op_adjoint(self, u):
+        return F.conv_transpose2d(u[None], self.weight, padding=self.padding)[0]
+
+    def _power_iteration(self) -> None:
+        if self.u.shape[-2:] != self.v.shape[-2:]:
+            raise ValueError("SpectralNormConv2d keeps the image size")
+        super()._power_iteration()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(x, self.normalized_weight(), self.bias, padding=self.padding)
 
 
 class LipschitzMLP(nn.Module):
@@ -141,3 +196,25 @@ class LipschitzMLP(nn.Module):
             batch = torch.broadcast_shapes(x.shape[:-1], context.shape[:-1])
             x = torch.cat([x.expand(*batch, x.shape[-1]), context.expand(*batch, context.shape[-1])], -1)
         return self.net(x)
+
+
+class LipschitzConvNet(nn.Module):
+    """Convolutional network with spectrally normalised layers (3x3, 1x1, 3x3)
+    and LipSwish activations: Lipschitz constant at most ``coeff`` on images
+    ``(N, C, H, W)`` of the given ``input_shape``. The last layer starts at
+    zero (the residual block starts at the identity)."""
+
+    def __init__(self, input_shape: tuple[int, int, int], hidden_channels: int = 64, coeff: float = 0.97) -> None:
+        super().__init__()
+        c, h, w = input_shape
+        self.net = nn.Sequential(
+            SpectralNormConv2d(c, hidden_channels, 3, (h, w), coeff),
+            LipSwish(),
+            SpectralNormConv2d(hidden_channels, hidden_channels, 1, (h, w), coeff),
+            LipSwish(),
+            SpectralNormConv2d(hidden_channels, c, 3, (h, w), coeff, zero_init=True),
+        )
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+        batch = x.shape[:-3]
+        return self.net(x.reshape(-1, *x.shape[-3:])).view(*batch, *x.shape[-3:])

@@ -25,11 +25,12 @@ from pyroflows.transforms.logdet import LogDetEstimator
 from pyroflows.transforms.masks import alternating_mask, checkerboard_mask, half_mask
 from pyroflows.transforms.normalization import ActNorm, BatchNorm
 from pyroflows.transforms.preprocessing import Logit
-from pyroflows.transforms.residual import ConditionalResidual, Residual, ResidualNotConverged
+from pyroflows.transforms.residual import ConditionalResidual, ConvResidual, Residual, ResidualNotConverged
 from pyroflows.transforms.spline import Spline
 from pyroflows.transforms.univariate import RationalQuadraticSpline, ScaleShift, Shift, UnivariateMap
 
 __all__ = [
+    "ConvResidual",
     "Logit",
     "InvertibleConv1x1",
     "Unsqueeze",

@@ -76,11 +76,11 @@ class LogDetEstimator:
         return v.sign() if self.noise == "rademacher" else v
 
     # -- estimators -----------------------------------------------------------
-    def __call__(self, g: Callable, x: torch.Tensor, context: torch.Tensor | None = None):
-        """Returns ``(g(x, context), log det(I + J_g(x)))``, the log-det of batch shape ``x.shape[:-1]``
-        (broadcast with the context's batch shape)."""
+    def __call__(self, g: Callable, x: torch.Tensor, context: torch.Tensor | None = None, event_dim: int = 1):
+        """Returns ``(g(x, context), log det(I + J_g(x)))``, the log-det of batch shape
+        ``x.shape[:-event_dim]`` (broadcast with the context's batch shape)."""
         if self.method == "exact":
-            return _exact(g, x, context)
+            return _exact(g, x, context, event_dim)
         with torch.enable_grad():
             x = x if x.requires_grad else x.detach().requires_grad_(True)
             gx = g(x, context)
@@ -90,8 +90,8 @@ class LogDetEstimator:
             weights = self._weights()
             v = self._probe(x)
             if self.neumann_gradient and torch.is_grad_enabled():
-                return gx, _neumann(gx, x, v, weights)
-            return gx, _series(gx, x, v, weights, create_graph=torch.is_grad_enabled())
+                return gx, _neumann(gx, x, v, weights, event_dim)
+            return gx, _series(gx, x, v, weights, event_dim, create_graph=torch.is_grad_enabled())
 
 
 def _poisson_tail(rate: float, k: int) -> float:
@@ -99,38 +99,44 @@ def _poisson_tail(rate: float, k: int) -> float:
     return 1.0 - sum(math.exp(-rate) * rate**j / math.factorial(j) for j in range(k))
 
 
-def _exact(g, x: torch.Tensor, context: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+def _event_sum(t: torch.Tensor, event_dim: int) -> torch.Tensor:
+    return t.flatten(t.dim() - event_dim).sum(-1)
+
+
+def _exact(g, x: torch.Tensor, context: torch.Tensor | None, event_dim: int) -> tuple[torch.Tensor, torch.Tensor]:
     gx = g(x, context)  # first, outside the functional transforms (spectral norms update here)
     x = x.expand_as(gx)
-    flat = x.reshape(-1, x.shape[-1])
+    batch, event = x.shape[: x.dim() - event_dim], x.shape[x.dim() - event_dim :]
+    flat = x.reshape(-1, *event)
     if context is None:
         jac = torch.func.vmap(torch.func.jacrev(lambda v: g(v, None)))(flat)
     else:
-        ctx = context.expand(*x.shape[:-1], context.shape[-1]).reshape(-1, context.shape[-1])
+        ctx = context.expand(*batch, context.shape[-1]).reshape(-1, context.shape[-1])
         jac = torch.func.vmap(torch.func.jacrev(g))(flat, ctx)
-    eye = torch.eye(x.shape[-1], dtype=x.dtype, device=x.device)
-    log_det = torch.linalg.slogdet(eye + jac)[1]
-    return gx, log_det.reshape(x.shape[:-1])
+    size = event.numel()
+    eye = torch.eye(size, dtype=x.dtype, device=x.device)
+    log_det = torch.linalg.slogdet(eye + jac.reshape(-1, size, size))[1]
+    return gx, log_det.reshape(batch)
 
 
-def _series(gx, x, v, weights, create_graph: bool) -> torch.Tensor:
-    total, w = torch.zeros_like(x[..., 0]), v
+def _series(gx, x, v, weights, event_dim: int, create_graph: bool) -> torch.Tensor:
+    total, w = x.new_zeros(x.shape[: x.dim() - event_dim]), v
     for k, weight in enumerate(weights, start=1):
         (w,) = torch.autograd.grad(gx, x, w, retain_graph=True, create_graph=create_graph)
-        total = total + (-1) ** (k + 1) / k * weight * (w * v).sum(-1)
+        total = total + (-1) ** (k + 1) / k * weight * _event_sum(w * v, event_dim)
     return total if create_graph else total.detach()
 
 
-def _neumann(gx, x, v, weights) -> torch.Tensor:
+def _neumann(gx, x, v, weights, event_dim: int) -> torch.Tensor:
     """Value from the series (no graph kept); gradient from ``acc^T J v`` with
     ``acc^T = v^T sum_k (-1)^k weight_{k+1} J^k`` held fixed, an unbiased
     estimate of ``tr((I + J)^{-1} dJ)`` (the derivative of the log-det)."""
-    value, w, acc = torch.zeros_like(x[..., 0]), v, v.clone()
+    value, w, acc = x.new_zeros(x.shape[: x.dim() - event_dim]), v, v.clone()
     for k, weight in enumerate(weights, start=1):
         (w,) = torch.autograd.grad(gx, x, w, retain_graph=True)
-        value = value + (-1) ** (k + 1) / k * weight * (w * v).sum(-1)
+        value = value + (-1) ** (k + 1) / k * weight * _event_sum(w * v, event_dim)
         if k < len(weights):
             acc = acc + (-1) ** k * weights[k] * w
     (acc_j,) = torch.autograd.grad(gx, x, acc, create_graph=True)  # one differentiable vector-Jacobian product
-    surrogate = (acc_j * v).sum(-1)
+    surrogate = _event_sum(acc_j * v, event_dim)
     return value.detach() + surrogate - surrogate.detach()
