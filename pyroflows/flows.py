@@ -20,6 +20,7 @@ import torch
 from pyro.distributions.conditional import ConditionalComposeTransformModule
 from pyro.distributions.torch_transform import ComposeTransformModule
 
+from pyroflows.images.multiscale import glow, realnvp_image, resflow_image  # image flows live in pyroflows.images
 from pyroflows.transforms import (
     ActNorm,
     AdditiveCoupling,
@@ -35,7 +36,7 @@ from pyroflows.transforms import (
     SplineCoupling,
 )
 
-__all__ = ["ffjord", "iaf", "maf", "nice", "nsf", "realnvp", "resflow"]
+__all__ = ["ffjord", "glow", "iaf", "maf", "nice", "nsf", "realnvp", "realnvp_image", "resflow", "resflow_image"]
 
 
 def _check(input_dim: int, num_transforms: int) -> None:

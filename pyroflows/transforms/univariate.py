@@ -73,17 +73,23 @@ class ScaleShift(UnivariateMap):
 
 class SigmoidScaleShift(UnivariateMap):
     """Glow's affine map: in the data -> base direction (the inverse)
-    ``x = (y - t) * c``, with ``c = sigmoid(h + 2) / sigmoid(2)`` in
-    ``(0, 1.135)``, so that direction barely expands; ``y = x / c + t``
-    forward. Parameters are ordered ``(t, h)``; zero gives the identity.
+    ``x = (y - t) * c``, with ``log c = logsigmoid(h + 2) - logsigmoid(2)``
+    (so ``c < 1.135``: that direction barely expands), soft-clamped below at
+    ``-max_log_scale`` so sampling (``y = x / c + t``) stays finite.
+    Parameters are ordered ``(t, h)``; zero gives the identity.
     """
 
     num_params = 2
     _OFFSET = 2.0
     _LOG_SIGMOID_OFFSET = -math.log1p(math.exp(-_OFFSET))
 
+    def __init__(self, max_log_scale: float = 5.0) -> None:
+        if max_log_scale <= 0:
+            raise ValueError(f"max_log_scale must be positive, got {max_log_scale}")
+        self.max_log_scale = max_log_scale
+
     def _log_c(self, h):
-        return F.logsigmoid(h + self._OFFSET) - self._LOG_SIGMOID_OFFSET
+        return soft_clamp(F.logsigmoid(h + self._OFFSET) - self._LOG_SIGMOID_OFFSET, self.max_log_scale)
 
     def forward(self, x, params):
         log_c = self._log_c(params[..., 1])
