@@ -61,7 +61,7 @@ def markov_rows(name: str, source: MarkovSource, data, test, args) -> list[dict]
     model = build(name, args)
     loss = "nll" if name == "ar" else args.loss
     start = time.perf_counter()
-    options = {"batch_size": 128, "lr": args.lr, "max_seconds": args.seconds, "progress": False}
+    options = {"batch_size": 128, "lr": args.lr, "max_seconds": args.seconds, "progress": False, "ema": args.ema}
     losses = train(model, data, 10**9, loss=loss, seed=args.seed, **options)
     seconds = time.perf_counter() - start
     model.eval()
@@ -162,6 +162,7 @@ def main() -> None:
     parser.add_argument("--top-p", type=float, default=None, help="also sample with this nucleus (top-p) cut")
     parser.add_argument("--elbo-times", type=int, default=32)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--ema", type=float, default=None, help="weight averaging decay for every model")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--results", default="discrete")
     parser.add_argument("--combine", nargs="+", default=[], help="results files to merge instead of running")

@@ -193,6 +193,29 @@ def test_training_learns_the_marginal(source, kind):
     assert len(losses) == 300
 
 
+def test_training_can_end_with_the_weight_average():
+    models = []
+    for _ in range(2):  # the same initial weights
+        torch.manual_seed(0)
+        path = MixturePath(V)
+        models.append(DiscreteFlowMatcher(SequenceTransformer(path.input_vocab_size, L, V, dim=8, depth=1), path, L))
+    plain, averaged = models
+    expected = [p.detach().clone() for p in plain.parameters()]
+    opt = torch.optim.Adam(plain.parameters(), lr=1e-2)
+    snapshots = []
+    opt.register_step_post_hook(lambda *_: snapshots.append([p.detach().clone() for p in plain.parameters()]))
+    torch.manual_seed(1)  # the same masking times in both runs (batches come from ``seed``)
+    train(plain, iid_data(200), 20, optimizer=opt, seed=0, progress=False)
+    for n, params in enumerate(snapshots, 1):
+        rate = min(0.9, (1 + n) / (10 + n))
+        expected = [e * rate + p * (1 - rate) for e, p in zip(expected, params, strict=True)]
+    torch.manual_seed(1)
+    opt = torch.optim.Adam(averaged.parameters(), lr=1e-2)
+    train(averaged, iid_data(200), 20, optimizer=opt, seed=0, progress=False, ema=0.9)
+    for got, want in zip(averaged.parameters(), expected, strict=True):
+        assert torch.allclose(got, want, atol=1e-6)
+
+
 def test_save_load_round_trip():
     torch.manual_seed(0)
     path = MixturePath(V, "mask")

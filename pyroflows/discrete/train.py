@@ -9,6 +9,7 @@ import torch
 from tqdm.auto import tqdm
 
 from pyroflows.infer.fit import NonFiniteLossError
+from pyroflows.nn.ema import WeightAverage
 
 __all__ = ["train"]
 
@@ -24,13 +25,16 @@ def train(
     seed: int | None = None,
     max_seconds: float | None = None,
     progress: bool = True,
+    ema: float | None = None,
 ) -> list[float]:
     """Adam on ``model.loss(batch, loss)`` over random minibatches of ``data`` (int64 rows).
 
     Works for :class:`~pyroflows.discrete.DiscreteFlowMatcher` (``loss`` ``"ce"``
     or ``"kl"``) and :class:`~pyroflows.discrete.AutoregressiveModel` (``"nll"``).
     Stops after ``steps`` steps or ``max_seconds`` of wall time, whichever comes
-    first. Raises :class:`~pyroflows.infer.fit.NonFiniteLossError` on a NaN/Inf loss.
+    first. With ``ema`` the model ends with an exponential moving average of its
+    weights (:class:`~pyroflows.nn.ema.WeightAverage`). Raises
+    :class:`~pyroflows.infer.fit.NonFiniteLossError` on a NaN/Inf loss.
     Returns the losses."""
     if not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps must be a positive int, got {steps!r}")
@@ -38,6 +42,7 @@ def train(
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
     model.validate_data(data)
     model.loss(data[:1], loss)  # checks the loss name once
+    average = None if ema is None else WeightAverage([p for p in model.parameters() if p.requires_grad], ema)
     opt = optimizer or torch.optim.Adam(model.parameters(), lr=lr)
     gen = torch.Generator().manual_seed(seed if seed is not None else int(torch.randint(2**31, ())))
     losses: list[float] = []
@@ -52,9 +57,13 @@ def train(
         opt.zero_grad(set_to_none=True)
         objective.backward()
         opt.step()
+        if average is not None:
+            average.update()
         losses.append(value)
         if progress and step % 50 == 0:
             bar.set_postfix(loss=f"{losses[-1]:.4f}")
         if max_seconds is not None and time.perf_counter() - start > max_seconds:
             break
+    if average is not None:
+        average.copy_to_params()
     return losses

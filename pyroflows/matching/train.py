@@ -8,6 +8,7 @@ import torch
 from tqdm.auto import tqdm
 
 from pyroflows.infer.fit import NonFiniteLossError
+from pyroflows.nn.ema import WeightAverage
 from pyroflows.matching.model import FlowMatcher
 
 __all__ = ["distill", "reflow", "reflow_pairs", "straightness", "train"]
@@ -60,10 +61,8 @@ def train(
     for name, value in (("x_0", x_0), ("context", context), ("labels", labels)):
         _check_rows(name, value, n)
     matcher.validate_data(x_1, x_0, context)  # once: batches are then drawn unchecked
-    if ema is not None and not 0.0 <= ema < 1.0:
-        raise ValueError(f"ema must be in [0, 1) or None, got {ema!r}")
+    average = None if ema is None else WeightAverage([p for p in matcher.parameters() if p.requires_grad], ema)
     opt = optimizer or _adam(matcher, lr)
-    average = None if ema is None else _EMA([p for p in matcher.parameters() if p.requires_grad], ema)
     gen = torch.Generator(device="cpu")
     gen.manual_seed(seed if seed is not None else int(torch.randint(2**31, ())))
     losses = []
@@ -92,23 +91,6 @@ def train(
     if average is not None:
         average.copy_to_params()
     return losses
-
-
-class _EMA:
-    """Exponential moving average of parameters, the decay warmed up over the first updates."""
-
-    def __init__(self, params: list[torch.Tensor], decay: float) -> None:
-        self.params, self.decay, self.updates = params, decay, 0
-        self.shadow = [p.detach().clone() for p in params]
-
-    def update(self) -> None:
-        self.updates += 1
-        rate = min(self.decay, (1 + self.updates) / (10 + self.updates))
-        torch._foreach_lerp_(self.shadow, [p.detach() for p in self.params], 1 - rate)
-
-    @torch.no_grad()
-    def copy_to_params(self) -> None:
-        torch._foreach_copy_(self.params, self.shadow)
 
 
 def reflow_pairs(
