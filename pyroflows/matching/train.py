@@ -8,8 +8,8 @@ import torch
 from tqdm.auto import tqdm
 
 from pyroflows.infer.fit import NonFiniteLossError
-from pyroflows.nn.ema import WeightAverage
 from pyroflows.matching.model import FlowMatcher
+from pyroflows.nn.ema import WeightAverage
 
 __all__ = ["distill", "reflow", "reflow_pairs", "straightness", "train"]
 
