@@ -312,3 +312,25 @@ def test_digits_split_and_image_grid(tmp_path):
 
     image = matplotlib.image.imread(path)
     assert image.shape[:2] == (3 * (2 * 9 + 1), 3 * (5 * 9 + 1))
+
+
+def test_multiscale_flow_as_a_pyro_distribution():
+    import pyro
+
+    torch.manual_seed(0)
+    flow = glow((1, 4, 4), num_scales=1, steps_per_scale=2, hidden_channels=8)
+    flow.log_prob(torch.rand(8, 1, 4, 4))
+    d = flow.distribution()
+    x = torch.rand(2, 3, 1, 4, 4)
+    assert torch.allclose(d.log_prob(x), flow.log_prob(x.reshape(6, 1, 4, 4)).reshape(2, 3))
+    draws = d.rsample((5,))
+    assert draws.shape == (5, 1, 4, 4) and draws.requires_grad
+    draws.square().sum().backward()
+    assert flow.top.log_std.grad is not None
+
+    def model(data):
+        with pyro.plate("images", len(data)):
+            pyro.sample("x", flow.distribution(), obs=data)
+
+    trace = pyro.poutine.trace(model).get_trace(x[0])
+    assert torch.allclose(trace.log_prob_sum(), flow.log_prob(x[0]).sum())

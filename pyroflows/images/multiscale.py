@@ -7,8 +7,10 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+import pyro.distributions as dist
 import torch
 from torch import nn
+from torch.distributions import constraints
 
 from pyroflows.transforms.base import FlowTransform
 from pyroflows.transforms.image import GlowStep, ImageCoupling, Unsqueeze
@@ -16,7 +18,15 @@ from pyroflows.transforms.logdet import LogDetEstimator
 from pyroflows.transforms.normalization import ActNorm
 from pyroflows.transforms.residual import ConvResidual
 
-__all__ = ["GaussianPrior", "MultiScaleFlow", "SplitPrior", "glow", "realnvp_image", "resflow_image"]
+__all__ = [
+    "GaussianPrior",
+    "MultiScaleDistribution",
+    "MultiScaleFlow",
+    "SplitPrior",
+    "glow",
+    "realnvp_image",
+    "resflow_image",
+]
 
 _HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 
@@ -159,15 +169,55 @@ class MultiScaleFlow(nn.Module):
     @torch.no_grad()
     def sample(self, n: int, temperature: float = 1.0) -> torch.Tensor:
         """``n`` images; ``temperature`` scales every prior's standard deviation."""
+        return self.rsample(n, temperature)
+
+    def rsample(self, n: int, temperature: float = 1.0) -> torch.Tensor:
+        """Like :meth:`sample`, differentiable in the parameters (reparametrised)."""
         if not isinstance(n, int) or n < 1:
             raise ValueError(f"n must be a positive int, got {n!r}")
         if not temperature > 0:
             raise ValueError(f"temperature must be positive, got {temperature}")
         return self._sample(n, temperature)
 
+    def distribution(self, batch_shape: tuple[int, ...] = ()) -> MultiScaleDistribution:
+        """This flow as a Pyro distribution over ``(C, H, W)`` (for ``pyro.sample``)."""
+        return MultiScaleDistribution(self, batch_shape)
+
     def _sample(self, n, temperature):
         top = self.top.sample(n, temperature)
         return self._decode(top, lambda i, h: self.splits[i].sample(h, temperature))
+
+
+class MultiScaleDistribution(dist.TorchDistribution):
+    """A :class:`MultiScaleFlow` as a Pyro distribution with event shape
+    ``(C, H, W)``: exact ``log_prob``, and ``rsample`` through the flow.
+
+    Example:
+        >>> flow = glow((1, 4, 4), num_scales=1, steps_per_scale=1, hidden_channels=4)
+        >>> d = flow.distribution()
+        >>> d.log_prob(d.sample((3,))).shape
+        torch.Size([3])
+    """
+
+    arg_constraints: dict = {}
+    support = constraints.independent(constraints.real, 3)
+    has_rsample = True
+
+    def __init__(self, flow: MultiScaleFlow, batch_shape: tuple[int, ...] = (), validate_args=None) -> None:
+        self.flow = flow
+        super().__init__(torch.Size(batch_shape), torch.Size(flow.input_shape), validate_args=validate_args)
+
+    def expand(self, batch_shape, _instance=None):
+        return MultiScaleDistribution(self.flow, tuple(batch_shape))
+
+    def rsample(self, sample_shape=torch.Size()) -> torch.Tensor:
+        shape = torch.Size(sample_shape) + self.batch_shape
+        x = self.flow.rsample(max(1, shape.numel()))
+        return x.reshape(*shape, *self.event_shape)
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        batch = value.shape[: value.dim() - 3]
+        return self.flow.log_prob(value.reshape(-1, *self.event_shape)).reshape(batch)
 
 
 def _checked_shape(input_shape) -> tuple[int, int, int]:
