@@ -246,7 +246,7 @@ def test_non_finite_loss_is_reported():
 def test_ddp_on_two_cpu_processes_matches_one_process(tmp_path):
     out = tmp_path / "ddp.pt"
     worker = Path(__file__).with_name("ddp_worker.py")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533"]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]  # a free port
     result = subprocess.run([*cmd, str(worker), str(out)], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     ddp = torch.load(out)
