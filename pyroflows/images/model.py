@@ -66,17 +66,21 @@ class ImageFlow(nn.Module):
         self.dequantization = dequantization
         self.preprocess = Logit(self.input_shape, alpha) if preprocess == "logit" else None
 
-    def _pixels(self, x: torch.Tensor) -> torch.Tensor:
+    def validate_data(self, x: torch.Tensor, name: str = "pixels") -> None:
+        """Raise ``ValueError`` unless ``x`` holds integer pixels ``(N, C, H, W)`` in ``[0, num_levels)``."""
         shape = ", ".join(map(str, self.input_shape))
         if not torch.is_tensor(x) or x.dim() != 4 or tuple(x.shape[1:]) != self.input_shape:
             got = f"shape {tuple(x.shape)}" if torch.is_tensor(x) else type(x).__name__
-            raise ValueError(f"expected pixels of shape (N, {shape}), got {got}")
+            raise ValueError(f"expected {name} of shape (N, {shape}), got {got}")
         if x.is_floating_point() and not torch.equal(x, x.round()):
-            raise ValueError("pixels must be integers in [0, num_levels); got non-integer values")
+            raise ValueError(f"{name} must be integers in [0, num_levels); got non-integer values")
         if x.numel() and (x.min() < 0 or x.max() >= self.num_levels):
             raise ValueError(
-                f"pixels must be in [0, {self.num_levels - 1}], got values in [{x.min().item()}, {x.max().item()}]"
+                f"{name} must be in [0, {self.num_levels - 1}], got values in [{x.min().item()}, {x.max().item()}]"
             )
+
+    def _pixels(self, x: torch.Tensor) -> torch.Tensor:
+        self.validate_data(x)
         return x.to(self.flow.top.mean.dtype)
 
     def draw_noise(self, batch_size: int, generator: torch.Generator | None = None) -> torch.Tensor:

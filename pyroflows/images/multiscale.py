@@ -239,6 +239,20 @@ def _squeezed(shape, num_scales):
     return c, h, w
 
 
+def _squeeze_levels(input_shape, num_scales: int, make_layers) -> MultiScaleFlow:
+    """Levels that squeeze, then apply ``make_layers(shape)`` (base -> data
+    order), with half the channels factored out between levels."""
+    c, h, w = _squeezed(_checked_shape(input_shape), num_scales)
+    levels = []
+    for scale in range(num_scales):
+        shape = (4 * c, h // 2, w // 2)
+        levels.append([*make_layers(shape), Unsqueeze(shape)])
+        c, h, w = shape
+        if scale < num_scales - 1:
+            c = c // 2
+    return MultiScaleFlow(levels)
+
+
 def glow(
     input_shape: tuple[int, int, int],
     num_scales: int = 2,
@@ -259,20 +273,15 @@ def glow(
         >>> tuple(tuple(level[0].event_shape) for level in flow.levels)
         ((4, 4, 4), (8, 2, 2))
     """
-    c, h, w = _squeezed(_checked_shape(input_shape), num_scales)
     gen = torch.Generator().manual_seed(seed) if seed is not None else None
-    levels = []
-    for scale in range(num_scales):
-        shape = (4 * c, h // 2, w // 2)
-        steps = [
+
+    def steps(shape):
+        return [
             GlowStep(shape, hidden_channels, num_blocks, transform, seed=_draw_seed(gen))
             for _ in range(steps_per_scale)
         ]
-        levels.append([*steps, Unsqueeze(shape)])
-        c, h, w = shape
-        if scale < num_scales - 1:
-            c = c // 2
-    return MultiScaleFlow(levels)
+
+    return _squeeze_levels(input_shape, num_scales, steps)
 
 
 def _draw_seed(gen):
@@ -335,15 +344,12 @@ def resflow_image(
         >>> flow.log_prob(torch.rand(2, 1, 8, 8)).shape
         torch.Size([2])
     """
-    c, h, w = _squeezed(_checked_shape(input_shape), num_scales)
-    levels = []
-    for scale in range(num_scales):
-        shape = (4 * c, h // 2, w // 2)
-        blocks = []
-        for _ in range(blocks_per_scale):
-            blocks += [ConvResidual(shape, hidden_channels, coeff, log_det), ActNorm(shape)]
-        levels.append([*blocks, Unsqueeze(shape)])
-        c, h, w = shape
-        if scale < num_scales - 1:
-            c = c // 2
-    return MultiScaleFlow(levels)
+
+    def blocks(shape):
+        return [
+            layer
+            for _ in range(blocks_per_scale)
+            for layer in (ConvResidual(shape, hidden_channels, coeff, log_det), ActNorm(shape))
+        ]
+
+    return _squeeze_levels(input_shape, num_scales, blocks)

@@ -96,12 +96,6 @@ def _epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
     return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 7919 + epoch + 1))
 
 
-def _check_images(name, data, model):
-    if not torch.is_tensor(data) or data.dim() != 4 or tuple(data.shape[1:]) != model.input_shape:
-        got = f"shape {tuple(data.shape)}" if torch.is_tensor(data) else type(data).__name__
-        raise ValueError(f"{name} must be pixels of shape (N, {', '.join(map(str, model.input_shape))}), got {got}")
-
-
 @torch.no_grad()
 def _evaluate(model: ImageFlow, test_data, seed, batch_size, device):
     model.eval()
@@ -109,9 +103,9 @@ def _evaluate(model: ImageFlow, test_data, seed, batch_size, device):
     for start in range(0, len(test_data), batch_size):
         x = test_data[start : start + batch_size].to(device)
         noise = model.draw_noise(len(x), _generator(seed, _EVAL_STREAM + start))
-        total += model(x, noise).sum().item()
+        log_p = model.log_prob(x, noise, record=record if start == 0 else None)  # layer log-dets: first batch
+        total += -log_p.sum().item() / (model.num_dims * math.log(2))
     x = test_data[:batch_size].to(device)
-    model.log_prob(x, record=record)
     z = model.flow_input(x, model.draw_noise(len(x), _generator(seed, _EVAL_STREAM - 1)))
     latents, _ = model.flow.encode(z)
     error = (model.flow.decode(latents) - z).abs().max().item()
@@ -153,9 +147,9 @@ def train(
     ``callback(epoch, history)`` runs after every epoch; returning ``True``
     stops the run there (a later call with the same ``checkpoint`` resumes it).
     """
-    _check_images("train_data", train_data, model)
+    model.validate_data(train_data, "train_data")
     if test_data is not None:
-        _check_images("test_data", test_data, model)
+        model.validate_data(test_data, "test_data")
     for name, value in (("epochs", epochs), ("batch_size", batch_size), ("eval_every", eval_every)):
         if not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be a positive int, got {value!r}")

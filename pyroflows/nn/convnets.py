@@ -86,12 +86,12 @@ class ConvResNet(nn.Module):
         extra = context_dim[0] if self.map_context else 0
         self.inp = nn.Conv2d(in_channels + extra, hidden_channels, 3, padding=1)
         self.context = nn.Linear(context_dim, hidden_channels) if isinstance(context_dim, int) else None
-        self.blocks = nn.ModuleList(
-            nn.Sequential(
-                nn.ReLU(),
-                nn.Conv2d(hidden_channels, hidden_channels, 3, padding=1),
-                nn.ReLU(),
-                nn.Conv2d(hidden_channels, hidden_channels, 1),
+        self.blocks = nn.ModuleList(  # (3x3, 1x1) convolutions of each residual block
+            nn.ModuleList(
+                [
+                    nn.Conv2d(hidden_channels, hidden_channels, 3, padding=1),
+                    nn.Conv2d(hidden_channels, hidden_channels, 1),
+                ]
             )
             for _ in range(num_blocks)
         )
@@ -107,7 +107,7 @@ class ConvResNet(nn.Module):
         h = conv3x3(x, self.inp)
         if self.context is not None:
             h = h + self.context(context)[..., None, None]
-        for block in self.blocks:
-            h = h + conv1x1(F.relu(conv3x3(F.relu(h), block[1])), block[3])
+        for wide, narrow in self.blocks:
+            h = h + conv1x1(F.relu(conv3x3(F.relu(h), wide)), narrow)
         h = F.relu(conv1x1(F.relu(h), self.mid))
         return conv3x3(h, self.out)

@@ -157,11 +157,6 @@ class SpectralNormConv2d(_SpectralNorm, nn.Conv2d):
     def _op_adjoint(self, u):
         return F.conv_transpose2d(u[None], self.weight, padding=self.padding)[0]
 
-    def _power_iteration(self) -> None:
-        if self.u.shape[-2:] != self.v.shape[-2:]:
-            raise ValueError("SpectralNormConv2d keeps the image size")
-        super()._power_iteration()
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.conv2d(x, self.normalized_weight(), self.bias, padding=self.padding)
 
