@@ -6,15 +6,18 @@ Adam 1e-3, batch 512, 2000 steps, 20k train / 5k test points per data set.
     python benchmarks/density_2d.py                 # full run, seed 0
     python benchmarks/density_2d.py --seeds 0 1 2   # mean over seeds (NLL noise is ~0.03 nats)
     python benchmarks/density_2d.py --steps 50      # smoke run
+    python benchmarks/density_2d.py --seeds 1 2 --results density_2d_seeds12
+    python benchmarks/density_2d.py --combine density_2d density_2d_seeds12 --results density_2d_3seeds
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 
 import torch
-from common import nll, save, table, train
+from common import RESULTS, nll, save, table, train
 from peers import LIBRARIES, build
 
 from pyroflows.datasets import TOY_2D, toy_2d
@@ -26,7 +29,42 @@ def main() -> None:
     parser.add_argument("--datasets", nargs="+", default=list(TOY_2D))
     parser.add_argument("--libraries", nargs="+", default=list(LIBRARIES))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--results", default="density_2d")
+    parser.add_argument("--combine", nargs="+", default=[], help="results files to pool by seed instead of running")
     args = parser.parse_args()
+    rows = combine(args.combine) if args.combine else run(args)
+    for name in {r["dataset"] for r in rows}:
+        ours = next(r for r in rows if r["dataset"] == name and r["library"] == "pyroflows")
+        peers = [r for r in rows if r["dataset"] == name and r["library"] != "pyroflows"]
+        if peers:
+            ours["nll_minus_best_peer"] = ours["test_nll"] - min(r["test_nll"] for r in peers)
+            ours["time_vs_fastest_peer"] = ours["ms_per_step"] / min(r["ms_per_step"] for r in peers)
+    print(table(rows, ["dataset", "library", "test_nll", "ms_per_step", "nll_minus_best_peer", "time_vs_fastest_peer"]))
+    print("wrote", save(args.results, {"args": vars(args), "rows": rows}))
+
+
+def combine(names: list[str]) -> list[dict]:
+    """Pool the per-seed NLLs and timings of several runs (one row per data set and library)."""
+    pooled: dict[tuple, dict] = {}
+    for name in names:
+        for row in json.loads((RESULTS / f"{name}.json").read_text())["rows"]:
+            nlls = row.get("test_nll_per_seed", [row["test_nll"]])
+            entry = pooled.setdefault((row["dataset"], row["library"]), {"nlls": [], "times": []})
+            entry["nlls"] += nlls
+            entry["times"] += [row["ms_per_step"]] * len(nlls)
+    return [
+        {
+            "dataset": dataset,
+            "library": library,
+            "test_nll": statistics.mean(e["nlls"]),
+            "ms_per_step": statistics.mean(e["times"]),
+            "test_nll_per_seed": e["nlls"],
+        }
+        for (dataset, library), e in pooled.items()
+    ]
+
+
+def run(args) -> list[dict]:
     rows = []
     for name in args.datasets:
         for library in args.libraries:
@@ -47,14 +85,7 @@ def main() -> None:
                 }
             )
             print(rows[-1], flush=True)
-    for name in args.datasets:
-        ours = next(r for r in rows if r["dataset"] == name and r["library"] == "pyroflows")
-        peers = [r for r in rows if r["dataset"] == name and r["library"] != "pyroflows"]
-        if peers:
-            ours["nll_minus_best_peer"] = ours["test_nll"] - min(r["test_nll"] for r in peers)
-            ours["time_vs_fastest_peer"] = ours["ms_per_step"] / min(r["ms_per_step"] for r in peers)
-    print(table(rows, ["dataset", "library", "test_nll", "ms_per_step", "nll_minus_best_peer", "time_vs_fastest_peer"]))
-    print("wrote", save("density_2d", {"args": vars(args), "rows": rows}))
+    return rows
 
 
 if __name__ == "__main__":
