@@ -12,6 +12,7 @@ from pyroflows.discrete import (
     AutoregressiveModel,
     Cosine,
     DiscreteFlowMatcher,
+    KappaScheduler,
     MarkovSource,
     MixturePath,
     Polynomial,
@@ -62,6 +63,8 @@ def test_scheduler_ends_and_derivative(scheduler):
     assert torch.allclose(grad, d_kappa)
     ends = scheduler(torch.tensor([0.0, 1.0], dtype=torch.float64))[0]
     assert torch.allclose(ends, torch.tensor([0.0, 1.0], dtype=torch.float64))
+    assert torch.allclose(scheduler.inverse(kappa.detach()), t.detach())
+    assert torch.allclose(KappaScheduler.inverse(scheduler, kappa.detach()), t.detach())  # the bisection
 
 
 @pytest.mark.parametrize("source", ["mask", "uniform"])
@@ -89,6 +92,64 @@ def test_elbo_is_exact_for_the_mask_source_with_the_true_posterior():
     bound = model.elbo(x, num_times=64)
     assert abs(bound.mean() - nll.mean()) < 0.05 * nll.std() + 0.02
     assert torch.allclose(model.elbo(x[:1], num_times=2000), nll[:1], rtol=0.05)
+
+
+class ContextNet(nn.Module):
+    """Logits that depend on every visible token (a fixed random linear map of the
+    one-hot input) and not on time: the model's likelihood is then an average over
+    unmasking orders, enumerable for short sequences."""
+
+    def __init__(self, vocab: int, length: int, seed: int = 0) -> None:
+        super().__init__()
+        gen = torch.Generator().manual_seed(seed)
+        self.vocab, self.length = vocab, length
+        self.weight = nn.Parameter(1.5 * torch.randn(length * (vocab + 1), length * vocab, generator=gen))
+
+    def forward(self, x_t, t):
+        one_hot = nn.functional.one_hot(x_t, self.vocab + 1).to(self.weight).flatten(1)
+        return (one_hot @ self.weight).view(len(x_t), self.length, self.vocab)
+
+
+def order_averaged_log_prob(model: DiscreteFlowMatcher, x: torch.Tensor) -> torch.Tensor:
+    """``log mean_orders prod_j p(x^{o_j} | x^{o_<j})`` for a time-free network, by enumeration."""
+    length, mask = x.shape[1], model.path.mask_token
+    per_order = []
+    for order in itertools.permutations(range(length)):
+        total = torch.zeros(len(x))
+        visible = torch.zeros_like(x, dtype=torch.bool)
+        for i in order:
+            x_t = torch.where(visible, x, torch.full_like(x, mask))
+            log_p = model.logits(x_t, torch.zeros(len(x)))[:, i].log_softmax(-1)
+            total += log_p.gather(-1, x[:, i : i + 1]).squeeze(-1)
+            visible[:, i] = True
+        per_order.append(total)
+    return torch.stack(per_order).logsumexp(0) - math.log(len(per_order))
+
+
+def test_iw_bound_tightens_to_the_order_averaged_likelihood_the_sampler_draws_from():
+    vocab, length = 3, 4
+    path = MixturePath(vocab, "mask")
+    model = DiscreteFlowMatcher(ContextNet(vocab, length), path, length)
+    every = torch.tensor(list(itertools.product(range(vocab), repeat=length)))
+    with torch.no_grad():
+        log_p = order_averaged_log_prob(model, every)
+        assert abs(log_p.logsumexp(0).item()) < 1e-5  # a normalised distribution
+        # the sampler (many small steps) draws from it
+        draws = model.sample(40_000, steps=200, generator=torch.Generator().manual_seed(0))
+        index = (draws * vocab ** torch.arange(length - 1, -1, -1)).sum(-1)
+        freqs = torch.bincount(index, minlength=len(every)).double() / len(draws)
+        assert (freqs - log_p.exp().double()).abs().max() < 0.01
+        x = every[log_p.argsort()[::8]]  # likely and unlikely sequences
+        gen = torch.Generator().manual_seed(1)
+        one = model.iw_bound(x.repeat(1000, 1), 1, generator=gen).view(1000, -1)
+        torch.manual_seed(2)
+        elbo = model.elbo(x.repeat(100, 1), num_times=64).view(100, -1)
+        tight = model.iw_bound(x, 4000, generator=gen)
+    se = (one.var(0) / len(one) + elbo.var(0) / len(elbo)).sqrt()
+    assert ((one.mean(0) - elbo.mean(0)).abs() < 4 * se + 1e-3).all()  # one sample: the ELBO's mean
+    assert (one.mean(0) > -log_p[log_p.argsort()[::8]] + 0.05).any()  # the ELBO is loose here
+    error = (tight + log_p[log_p.argsort()[::8]]).abs()
+    assert error.max() < 0.15 and error.mean() < 0.08  # many samples: tight
 
 
 def uniform_elbo_by_quadrature(n: int = 100_000) -> float:
@@ -155,6 +216,10 @@ def test_bad_inputs_raise_clear_errors():
         exact_model("uniform").sample(3, corrector=1.0)
     with pytest.raises(ValueError, match="temperature"):
         model.sample(3, temperature=0)
+    with pytest.raises(ValueError, match="iw_bound needs a mask source"):
+        exact_model("uniform").iw_bound(iid_data(3))
+    with pytest.raises(ValueError, match="num_samples"):
+        model.iw_bound(iid_data(3), num_samples=0)
     with pytest.raises(ValueError, match="source"):
         MixturePath(V, "gaussian")
     bad = DiscreteFlowMatcher(SequenceTransformer(V + 1, L, V + 1, dim=8, depth=1, heads=2), MixturePath(V), L)

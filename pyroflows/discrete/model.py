@@ -19,6 +19,8 @@ their token (the posterior there is a point mass), so only masked positions coun
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -138,6 +140,46 @@ class DiscreteFlowMatcher(nn.Module):
                 t = ((k + offsets) / num_times).clamp(max=1 - 1e-6)
                 total += self._position_terms(chunk, t, "kl").sum(-1)
             bounds.append(total / num_times)
+        return torch.cat(bounds)
+
+    @torch.no_grad()
+    def iw_bound(
+        self,
+        x_1: torch.Tensor,
+        num_samples: int = 16,
+        batch_size: int = 512,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """An importance-weighted upper bound on ``-log p(x_1)`` (nats, one per
+        sequence) for a mask source, tighter than :meth:`elbo` as ``num_samples`` grows.
+
+        In continuous time each position unmasks at its own time ``T_i`` (``kappa_{T_i}``
+        uniform) and then draws its token given the positions unmasked before it, so
+        ``p(x) = E_T[prod_i p(x^i | x^{T_j < T_i}, T_i)]``. Drawing ``num_samples``
+        sets of times ``T`` from that prior gives the bound
+        ``-log mean_k prod_i p(...)`` (Burda et al.'s importance-weighted bound). With
+        one sample its expectation is the ELBO. Costs ``length`` network calls per
+        sample and sequence."""
+        self.validate_data(x_1)
+        if self.path.source != "mask":
+            raise ValueError(f"iw_bound needs a mask source, got a {self.path.source} source")
+        if not isinstance(num_samples, int) or num_samples < 1:
+            raise ValueError(f"num_samples must be a positive int, got {num_samples!r}")
+        rows = max(1, batch_size // num_samples)
+        bounds = []
+        for chunk in x_1.split(rows):
+            x = chunk.repeat(num_samples, 1)  # (num_samples * n, length), sample-major
+            u = torch.rand(x.shape, generator=generator, device=x.device)
+            times = self.path.scheduler.inverse(u)
+            log_w = torch.zeros(len(x), device=x.device)
+            for i in range(self.length):
+                t_i = times[:, i]
+                visible = times < t_i[:, None]
+                x_t = torch.where(visible, x, torch.full_like(x, self.path.mask_token))
+                log_p = self.logits(x_t, t_i)[:, i].log_softmax(-1)
+                log_w += log_p.gather(-1, x[:, i : i + 1]).squeeze(-1)
+            log_w = log_w.view(num_samples, len(chunk))
+            bounds.append(math.log(num_samples) - log_w.logsumexp(0))
         return torch.cat(bounds)
 
     # -- sampling ----------------------------------------------------------------

@@ -26,6 +26,15 @@ class KappaScheduler:
     def __call__(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError
 
+    def inverse(self, kappa: torch.Tensor) -> torch.Tensor:
+        """The time ``t`` with ``kappa_t = kappa`` (bisection; subclasses give it in closed form)."""
+        low, high = torch.zeros_like(kappa), torch.ones_like(kappa)
+        for _ in range(50):
+            mid = (low + high) / 2
+            below = self(mid)[0] < kappa
+            low, high = torch.where(below, mid, low), torch.where(below, high, mid)
+        return (low + high) / 2
+
 
 class Polynomial(KappaScheduler):
     """``kappa_t = t^n`` (``n = 1``: linear, the usual choice for a mask source)."""
@@ -38,6 +47,9 @@ class Polynomial(KappaScheduler):
     def __call__(self, t):
         return t**self.n, self.n * t ** (self.n - 1)
 
+    def inverse(self, kappa):
+        return kappa ** (1 / self.n)
+
     def __repr__(self) -> str:
         return f"Polynomial(n={self.n})"
 
@@ -47,6 +59,9 @@ class Cosine(KappaScheduler):
 
     def __call__(self, t):
         return (0.5 * math.pi * t).sin().square(), 0.5 * math.pi * (math.pi * t).sin()
+
+    def inverse(self, kappa):
+        return kappa.sqrt().asin() * (2 / math.pi)
 
     def __repr__(self) -> str:
         return "Cosine()"
