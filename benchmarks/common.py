@@ -4,12 +4,27 @@ from __future__ import annotations
 
 import json
 import platform
+import statistics
 import time
 from pathlib import Path
 
 import torch
 
 RESULTS = Path(__file__).parent / "results"
+
+
+def alternated_ms_per_step(step_fns: dict, rounds: int = 5, steps: int = 30) -> dict[str, float]:
+    """Median ms per call of each ``step_fns[name]()``, the functions alternated in
+    rounds of ``steps`` calls so machine load hits all alike (round 0 warms up)."""
+    times: dict[str, list[float]] = {name: [] for name in step_fns}
+    for r in range(rounds + 1):
+        for name, step in step_fns.items():
+            start = time.perf_counter()
+            for _ in range(steps):
+                step()
+            if r:
+                times[name].append(1000 * (time.perf_counter() - start) / steps)
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def train(model, data: torch.Tensor, steps: int, batch_size: int, lr: float, seed: int, warmup: int = 10) -> float:

@@ -8,6 +8,7 @@ Adam 1e-3, batch 512, 2000 steps, 20k train / 5k test points per data set.
     python benchmarks/density_2d.py --steps 50      # smoke run
     python benchmarks/density_2d.py --seeds 1 2 --results density_2d_seeds12
     python benchmarks/density_2d.py --combine density_2d density_2d_seeds12 --results density_2d_3seeds
+    python benchmarks/density_2d.py --timing --results density_2d_timing   # ms/step only, alternated
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import json
 import statistics
 
 import torch
-from common import RESULTS, nll, save, table, train
+from common import RESULTS, alternated_ms_per_step, nll, save, table, train
 from peers import LIBRARIES, build
 
 from pyroflows.datasets import TOY_2D, toy_2d
@@ -31,7 +32,13 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--results", default="density_2d")
     parser.add_argument("--combine", nargs="+", default=[], help="results files to pool by seed instead of running")
+    parser.add_argument("--timing", action="store_true", help="only ms/step, the libraries alternated")
     args = parser.parse_args()
+    if args.timing:
+        rows = [row for name in args.datasets for row in timing(name, args.libraries)]
+        print(table(rows, ["dataset", "library", "ms_per_step", "time_vs_fastest_peer"]))
+        print("wrote", save(args.results, {"args": vars(args), "rows": rows}))
+        return
     rows = combine(args.combine) if args.combine else run(args)
     for name in {r["dataset"] for r in rows}:
         ours = next(r for r in rows if r["dataset"] == name and r["library"] == "pyroflows")
@@ -41,6 +48,32 @@ def main() -> None:
             ours["time_vs_fastest_peer"] = ours["ms_per_step"] / min(r["ms_per_step"] for r in peers)
     print(table(rows, ["dataset", "library", "test_nll", "ms_per_step", "nll_minus_best_peer", "time_vs_fastest_peer"]))
     print("wrote", save(args.results, {"args": vars(args), "rows": rows}))
+
+
+def timing(name: str, libraries: list[str]) -> list[dict]:
+    """ms per training step (fused Adam, batch 512) of each library, alternated in rounds."""
+    torch.manual_seed(0)
+    data = toy_2d(name, 20_000, seed=0)
+    gen = torch.Generator().manual_seed(0)
+
+    def step_fn(library):
+        model = build(library, "nsf", 2)
+        opt = torch.optim.Adam(model.module.parameters(), lr=1e-3, fused=True)
+
+        def step():
+            loss = -model.log_prob(data[torch.randint(len(data), (512,), generator=gen)]).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+
+        return step
+
+    medians = alternated_ms_per_step({library: step_fn(library) for library in libraries})
+    rows = [{"dataset": name, "library": library, "ms_per_step": ms} for library, ms in medians.items()]
+    if "pyroflows" in medians and len(medians) > 1:
+        fastest = min(ms for library, ms in medians.items() if library != "pyroflows")
+        rows[list(medians).index("pyroflows")]["time_vs_fastest_peer"] = medians["pyroflows"] / fastest
+    return rows
 
 
 def combine(names: list[str]) -> list[dict]:

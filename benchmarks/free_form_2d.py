@@ -32,7 +32,7 @@ import time
 import numpy as np
 import pyro.distributions as dist
 import torch
-from common import RESULTS, save, table
+from common import RESULTS, alternated_ms_per_step, save, table
 
 import pyroflows
 from pyroflows.datasets import TOY_2D, toy_2d
@@ -118,27 +118,27 @@ def run(name: str, dataset: str, steps: int, blocks: int, rnode: float, seed: in
     }
 
 
-def timing(models: list[str], dataset: str, blocks: int, rounds: int = 5, steps: int = 30) -> list[dict]:
-    """ms/step of each model's training step, the models alternated in rounds so
-    they share the machine's load; medians over rounds (round 0 warms up)."""
+def timing(models: list[str], dataset: str, blocks: int) -> list[dict]:
+    """ms/step of each model's training step, alternated (:func:`common.alternated_ms_per_step`)."""
     torch.manual_seed(0)
     np.random.seed(0)
     train = toy_2d(dataset, 20_000, seed=0)
-    built = {name: build(name, blocks) for name in models}
-    opts = {name: torch.optim.Adam(module.parameters(), lr=1e-3) for name, (module, _) in built.items()}
-    times: dict[str, list[float]] = {name: [] for name in models}
     gen = torch.Generator().manual_seed(0)
-    for r in range(rounds + 1):
-        for name, (_, log_prob) in built.items():
-            start = time.perf_counter()
-            for _ in range(steps):
-                loss = -log_prob(train[torch.randint(len(train), (512,), generator=gen)]).mean()
-                opts[name].zero_grad()
-                loss.backward()
-                opts[name].step()
-            if r:
-                times[name].append(1000 * (time.perf_counter() - start) / steps)
-    return [{"dataset": dataset, "model": name, "ms_per_step": statistics.median(t)} for name, t in times.items()]
+
+    def step_fn(name):
+        module, log_prob = build(name, blocks)
+        opt = torch.optim.Adam(module.parameters(), lr=1e-3)
+
+        def step():
+            loss = -log_prob(train[torch.randint(len(train), (512,), generator=gen)]).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+
+        return step
+
+    medians = alternated_ms_per_step({name: step_fn(name) for name in models})
+    return [{"dataset": dataset, "model": name, "ms_per_step": ms} for name, ms in medians.items()]
 
 
 PAIRS = {  # model -> the reference it is compared with
