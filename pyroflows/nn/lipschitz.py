@@ -75,9 +75,13 @@ class _SpectralNorm:
             return
         u, v = self.u.to(self.weight.dtype), self.v.to(self.weight.dtype)
         if self._warm and self.warm_iterations:
-            for _ in range(self.warm_iterations):
-                v = _unit(self._op_adjoint(u))
-                u = _unit(self._op(v))
+            for _ in range(self.warm_iterations):  # unguarded: a zero norm gives NaN, caught below
+                v = self._op_adjoint(u)
+                v = v / v.norm()
+                image = self._op(v)
+                norm = image.norm()
+                u = image / norm
+            converged = norm.item() > 0  # one check: False for a zero weight (or NaN)
         else:
             sigma = torch.zeros((), dtype=u.dtype)
             for _ in range(self.max_iterations):
@@ -87,8 +91,9 @@ class _SpectralNorm:
                 if (new - sigma).abs() <= self.tol * new.abs().clamp(min=1e-12):
                     break
                 sigma = new
-            self._warm = bool(u.norm() > 0.5)
-        if u.norm() > 0.5 and v.norm() > 0.5:  # a zero weight leaves the vectors as they were
+            converged = bool(u.norm() > 0.5 and v.norm() > 0.5)
+            self._warm = converged
+        if converged:  # a zero weight leaves the vectors as they were
             self.u.copy_(u)
             self.v.copy_(v)
         self._seen = key

@@ -63,11 +63,11 @@ class LogDetEstimator:
         """Per-term weights: 1 for deterministic terms, 1 / P(N >= k) for roulette ones."""
         if self.method == "series":
             return [1.0] * self.num_terms
-        if self.distribution == "geometric":
-            n = int(torch.distributions.Geometric(torch.tensor(self.p)).sample()) + 1
+        if self.distribution == "geometric":  # failures before a success, by inverting the CDF
+            n = int(math.log1p(-torch.rand(()).item()) // math.log1p(-self.p)) + 1
             tail = [(1 - self.p) ** -(k - 1) for k in range(1, n + 1)]
         else:
-            n = int(torch.distributions.Poisson(torch.tensor(self.rate)).sample()) + 1
+            n = int(torch.poisson(torch.tensor(self.rate)).item()) + 1
             tail = [1.0 / _poisson_tail(self.rate, k - 1) for k in range(1, n + 1)]
         return [1.0] * self.num_exact_terms + tail
 
