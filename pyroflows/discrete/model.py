@@ -172,10 +172,10 @@ class DiscreteFlowMatcher(nn.Module):
             u = torch.rand(x.shape, generator=generator, device=x.device)
             times = self.path.scheduler.inverse(u)
             log_w = torch.zeros(len(x), device=x.device)
+            masked = torch.full_like(x, self.path.mask_token)
             for i in range(self.length):
                 t_i = times[:, i]
-                visible = times < t_i[:, None]
-                x_t = torch.where(visible, x, torch.full_like(x, self.path.mask_token))
+                x_t = torch.where(times < t_i[:, None], x, masked)
                 log_p = self.logits(x_t, t_i)[:, i].log_softmax(-1)
                 log_w += log_p.gather(-1, x[:, i : i + 1]).squeeze(-1)
             log_w = log_w.view(num_samples, len(chunk))
