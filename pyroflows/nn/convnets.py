@@ -10,33 +10,52 @@ from torch import nn
 
 __all__ = ["ConvResNet"]
 
-_DENSE_PIXELS = 9  # up to 3x3 pixels a 3x3 convolution sees (nearly) the whole image
+_DENSE_PIXELS = 16  # up to 4x4 pixels, 3x3 convolutions run as matrix products
 
 
 @functools.lru_cache(maxsize=32)
-def _tap_index(h: int, w: int) -> torch.Tensor:
-    """``(H W, H W)`` index of the 3x3 tap joining output pixel p and input
-    pixel q (9 where q is outside p's window)."""
+def _shifts(h: int, w: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """``(Q, 9, P)`` one-hot: input pixel q reaches output pixel p through 3x3
+    tap k (zero padding: taps that leave the image have no entry)."""
     rows, cols = torch.arange(h).repeat_interleave(w), torch.arange(w).repeat(h)
-    dr = rows[None, :] - rows[:, None] + 1
-    dc = cols[None, :] - cols[:, None] + 1
+    dr = rows[:, None] - rows[None, :] + 1  # (Q, P)
+    dc = cols[:, None] - cols[None, :] + 1
     inside = (dr >= 0) & (dr < 3) & (dc >= 0) & (dc < 3)
-    return torch.where(inside, dr * 3 + dc, torch.full_like(dr, 9))
+    tap = torch.where(inside, dr * 3 + dc, torch.full_like(dr, 9))
+    return F.one_hot(tap, 10)[..., :9].transpose(1, 2).contiguous().to(device, dtype)
 
 
-def conv3x3(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
-    """``conv(x)`` for a 3x3, padding-1 convolution. On images of at most 9
-    pixels it is one dense matrix product (faster there than a convolution
-    kernel, with the same result)."""
+def _conv_in(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
+    """3x3 convolution of a small image ``(N, C, H, W)`` to pixel-major
+    features ``(N, P, O)``: the 9 shifted copies by one product, then the weights."""
     n, c, h, w = x.shape
-    if h * w > _DENSE_PIXELS:
-        return conv(x)
-    out = conv.out_channels
-    taps = torch.cat([conv.weight.flatten(2), conv.weight.new_zeros(out, c, 1)], dim=2)  # (O, C, 10)
-    dense = taps[:, :, _tap_index(h, w).to(x.device)]  # (O, C, P, Q)
-    dense = dense.permute(0, 2, 1, 3).reshape(out * h * w, c * h * w)
-    y = torch.matmul(x.reshape(n, c * h * w), dense.T).view(n, out, h * w)
-    return (y + conv.bias[:, None]).view(n, out, h, w)
+    shifts = _shifts(h, w, x.device, x.dtype)
+    cols = (x.reshape(n * c, h * w) @ shifts.view(h * w, -1)).view(n, c, 9, h * w)
+    cols = cols.permute(0, 3, 1, 2).reshape(n * h * w, c * 9)
+    return F.linear(cols, conv.weight.flatten(1), conv.bias).view(n, h * w, -1)
+
+
+def _taps(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
+    """Pixel-major features ``(N, P, C)`` through each of the 3x3 taps:
+    ``(N, P, 9, O)``, to be summed over the shifts."""
+    n, p, c = x.shape
+    weight = conv.weight.flatten(2).permute(1, 2, 0).reshape(c, -1)  # (C, 9 O)
+    return (x.reshape(n * p, c) @ weight).view(n, p, 9, conv.out_channels)
+
+
+def _conv_out(x: torch.Tensor, conv: nn.Conv2d, h: int, w: int) -> torch.Tensor:
+    """3x3 convolution of pixel-major features ``(N, P, C)`` to an image ``(N, O, H, W)``."""
+    n, p, _ = x.shape
+    taps = _taps(x, conv).permute(0, 3, 1, 2).reshape(n * conv.out_channels, p * 9)
+    y = (taps @ _shifts(h, w, x.device, x.dtype).view(p * 9, p)).view(n, -1, p) + conv.bias[:, None]
+    return y.view(n, -1, h, w)
+
+
+def _conv_mid(x: torch.Tensor, conv: nn.Conv2d, h: int, w: int) -> torch.Tensor:
+    """3x3 convolution of pixel-major features ``(N, P, C)`` to ``(N, P, O)``."""
+    n, p, _ = x.shape
+    shifts = _shifts(h, w, x.device, x.dtype).view(p * 9, p)
+    return torch.matmul(shifts.T, _taps(x, conv).view(n, p * 9, -1)) + conv.bias
 
 
 def conv1x1(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
@@ -44,6 +63,11 @@ def conv1x1(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
     n, c, h, w = x.shape
     y = torch.matmul(conv.weight.view(conv.out_channels, c), x.reshape(n, c, h * w))
     return (y + conv.bias[:, None]).view(n, conv.out_channels, h, w)
+
+
+def _linear(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
+    """A 1x1 convolution on pixel-major features ``(..., C)``."""
+    return F.linear(x, conv.weight.flatten(1), conv.bias)
 
 
 class ConvResNet(nn.Module):
@@ -104,10 +128,24 @@ class ConvResNet(nn.Module):
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
         if self.map_context:
             x = torch.cat([x, context], dim=1)
-        h = conv3x3(x, self.inp)
+        if x.shape[-2] * x.shape[-1] <= _DENSE_PIXELS:
+            return self._dense_forward(x, context)
+        h = self.inp(x)
         if self.context is not None:
             h = h + self.context(context)[..., None, None]
         for wide, narrow in self.blocks:
-            h = h + conv1x1(F.relu(conv3x3(F.relu(h), wide)), narrow)
+            h = h + conv1x1(F.relu(wide(F.relu(h))), narrow)
         h = F.relu(conv1x1(F.relu(h), self.mid))
-        return conv3x3(h, self.out)
+        return self.out(h)
+
+    def _dense_forward(self, x: torch.Tensor, context: torch.Tensor | None) -> torch.Tensor:
+        """The same network on small images by matrix products, the hidden
+        features pixel-major ``(N, P, C)`` so no layout copies."""
+        height, width = x.shape[-2:]
+        h = _conv_in(x, self.inp)
+        if self.context is not None:
+            h = h + self.context(context)[:, None, :]
+        for wide, narrow in self.blocks:
+            h = h + _linear(F.relu(_conv_mid(F.relu(h), wide, height, width)), narrow)
+        h = F.relu(_linear(F.relu(h), self.mid))
+        return _conv_out(h, self.out, height, width)
