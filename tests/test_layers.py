@@ -67,3 +67,23 @@ def test_lu_linear_weight_and_log_det():
     weight = layer.weight()
     torch.testing.assert_close(y, x @ weight.T)
     torch.testing.assert_close(log_det, torch.linalg.slogdet(weight)[1].expand(3))
+
+
+def test_dense_nn_params_major_is_the_same_network():
+    from pyroflows.nn.dense import DenseNN
+
+    torch.manual_seed(0)
+    plain = DenseNN(3, (4, 5), (8, 8), context_dim=None).double()
+    major = DenseNN(3, (4, 5), (8, 8), params_major=True).double()
+    for p in plain.parameters():
+        torch.nn.init.normal_(p)
+    major.load_state_dict(plain.state_dict())
+    x = torch.randn(2, 7, 3, dtype=torch.float64, requires_grad=True)
+    a, b = plain(x), major(x)
+    assert b.shape == a.shape == (2, 7, 4, 5) and b.stride(-1) == 2 * 7 * 4
+    torch.testing.assert_close(a, b, atol=1e-12, rtol=0)
+    w = torch.randn_like(a)
+    ga = torch.autograd.grad((a * w).sum(), [x, *plain.parameters()])
+    gb = torch.autograd.grad((b * w).sum(), [x, *major.parameters()])
+    for u, v in zip(ga, gb, strict=True):
+        torch.testing.assert_close(u, v, atol=1e-12, rtol=0)

@@ -31,3 +31,34 @@ def test_forward_and_inverse_agree_with_plain_autograd_formula():
     torch.testing.assert_close(log_det_back, log_det, atol=1e-8, rtol=0)
     slope = torch.autograd.functional.jacobian(lambda v: spline.forward(v, params)[0], x).diagonal()
     torch.testing.assert_close(slope.log(), log_det, atol=1e-8, rtol=0)
+
+
+@pytest.mark.parametrize("layout", ["params_first", "expanded", "scalar"])
+def test_any_parameter_layout_gives_the_same_map(layout):
+    """The kernel reads elements in the parameters' memory order; results and
+    gradients must not depend on that order."""
+    torch.manual_seed(2)
+    spline = RationalQuadraticSpline(4, 3.0)
+    p = spline.num_params
+    if layout == "scalar":
+        value, params = torch.tensor(1.3, dtype=torch.float64), torch.randn(p, dtype=torch.float64)
+        other = params.clone()
+    elif layout == "expanded":
+        value, params = torch.randn(6, 3, dtype=torch.float64), torch.randn(3, p, dtype=torch.float64)
+        other = params.clone()
+        params = params.expand(6, 3, p)
+    else:
+        value = torch.randn(2, 5, 3, dtype=torch.float64)
+        other = torch.randn(2, 5, 3, p, dtype=torch.float64)
+        params = other.permute(3, 2, 0, 1).contiguous().permute(2, 3, 1, 0)  # same values, params first
+        assert not params.is_contiguous()
+    value, params, other = (t.detach().requires_grad_() for t in (value, params, other))
+    weights = torch.randn(2, *value.shape, dtype=torch.float64)
+    results, grads = [], []
+    for ps in (params, other.expand_as(params) if layout == "expanded" else other):
+        out, log_det = RQSpline.apply(value, ps, spline.config, False)
+        results.append((out, log_det))
+        grads.append(torch.autograd.grad((weights[0] * out + weights[1] * log_det).sum(), [value, ps]))
+    for a, b in zip(results[0] + grads[0], results[1] + grads[1], strict=True):
+        assert a.shape == b.shape
+        torch.testing.assert_close(a, b, atol=1e-12, rtol=0)

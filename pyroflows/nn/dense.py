@@ -19,6 +19,9 @@ class DenseNN(nn.Module):
         hidden_dims: widths of the hidden layers.
         context_dim: size of an optional context, concatenated to the input.
         activation: activation module class.
+        params_major: with a 2-D ``out_shape`` ``(units, params)``, write the
+            output parameter-first in memory (a ``(params, units, *)`` tensor seen
+            as ``(*, units, params)``), the layout the spline kernel reads without a copy.
     """
 
     def __init__(
@@ -28,6 +31,7 @@ class DenseNN(nn.Module):
         hidden_dims: Sequence[int] = (64, 64),
         context_dim: int | None = None,
         activation: type[nn.Module] = nn.ReLU,
+        params_major: bool = False,
     ) -> None:
         super().__init__()
         self.out_shape = tuple(out_shape)
@@ -40,6 +44,7 @@ class DenseNN(nn.Module):
         nn.init.zeros_(last.weight)
         nn.init.zeros_(last.bias)
         self.net = nn.Sequential(*layers, last)
+        self.params_major = params_major and len(self.out_shape) == 2
 
     def forward(self, inputs: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
         if context is not None:
@@ -47,5 +52,20 @@ class DenseNN(nn.Module):
             inputs = torch.cat(
                 [inputs.expand(*batch, inputs.shape[-1]), context.expand(*batch, context.shape[-1])], dim=-1
             )
-        out = self.net(inputs)
-        return out.reshape(*out.shape[:-1], *self.out_shape)
+        if not self.params_major:
+            out = self.net(inputs)
+            return out.reshape(*out.shape[:-1], *self.out_shape)
+        *hidden, last = self.net
+        for layer in hidden:
+            inputs = layer(inputs)
+        return _params_major(inputs, last, self.out_shape)
+
+
+def _params_major(h: torch.Tensor, last: nn.Linear, out_shape: tuple[int, ...]) -> torch.Tensor:
+    """``last(h)`` as ``(*, units, params)``, computed as ``(params * units, N)``
+    by one matrix product with the rows of ``last`` reordered."""
+    units, params = out_shape
+    weight = last.weight.view(units, params, -1).transpose(0, 1).reshape(units * params, -1)
+    bias = last.bias.view(units, params).T.reshape(-1, 1)
+    out = torch.addmm(bias, weight, h.reshape(-1, h.shape[-1]).T)
+    return out.view(params, units, -1).permute(2, 1, 0).reshape(*h.shape[:-1], units, params)

@@ -56,7 +56,11 @@ class Coupling(FlowTransform):
         self.register_buffer("copied", torch.nonzero(mask_t).flatten())
         self.register_buffer("transformed", torch.nonzero(~mask_t).flatten())
         self.conditioner = conditioner or DenseNN(
-            len(self.copied), (len(self.transformed), univariate.num_params), hidden_dims, context_dim
+            len(self.copied),
+            (len(self.transformed), univariate.num_params),
+            hidden_dims,
+            context_dim,
+            params_major=univariate.params_major,
         )
 
     def _couple(self, value, context, inverse):

@@ -80,6 +80,12 @@ def _solve_theta(dy, s, h, d0, curvature):
 class RQSpline(torch.autograd.Function):
     """``(value, params) -> (out, log_det)``; ``params`` is ``(*value.shape, 3K-1)``.
 
+    The work runs bins-first: parameters as ``(3K-1, M)`` over the ``M``
+    elements, so every operation loops over the long element axis, not over
+    the ``K`` bins. The elements are taken in the memory order of ``params``,
+    so a conditioner that writes its parameters bins-first (``DenseNN`` with
+    ``params_major=True``) costs no transposing copy.
+
     Written in the classic ``forward(ctx, ...)`` style: its ``apply`` costs a
     quarter of the ``setup_context`` style's, which matters at this size; the
     price is no ``torch.func`` transforms (use ``torch.autograd.functional``).
@@ -88,33 +94,41 @@ class RQSpline(torch.autograd.Function):
     @staticmethod
     def forward(ctx, value, params, cfg: SplineConfig, inverse: bool):
         k = cfg.count_bins
-        softmax = torch.softmax(params[..., : 2 * k].unflatten(-1, (2, k)), dim=-1)
-        cum = torch.cumsum(softmax, dim=-1)  # (*, 2, K)
+        order = _element_order(params)
+        ctx.order, ctx.permuted = order, [value.shape[i] for i in order]
+        m = value.numel()
+        flat = value.permute(order).reshape(m)
+        table = params.permute(-1, *order).reshape(3 * k - 1, m)  # no copy when params are bins-first
+        softmax = torch.softmax(table[: 2 * k].view(2, k, m), dim=1)
+        cum = softmax.clone()  # (2, K, M) cumulative sums, by planes (torch.cumsum is slow across dim 1)
+        for j in range(1, k):
+            cum[:, j] += cum[:, j - 1]
         minimum, scale = _minimum_and_scale(cfg, cum)
         row = 1 if inverse else 0
         min_row, scale_row = (minimum, scale) if isinstance(minimum, float) else (minimum[row], scale[row])
-        v = value.clamp(-cfg.bound, cfg.bound)
-        inside = v == value
+        if not isinstance(minimum, float):
+            minimum, scale = minimum[:, None], scale[:, None]
+        v = flat.clamp(-cfg.bound, cfg.bound)
+        inside = v == flat
         # search the interior knots 1..K-1 of the input's row
         steps = torch.arange(1, k, dtype=cum.dtype, device=cum.device) * (2 * cfg.bound * min_row) - cfg.bound
-        edges = steps + scale_row * cum[..., row, : k - 1]
-        bins = (v.unsqueeze(-1) >= edges).sum(-1, keepdim=True)  # (*, 1)
+        edges = steps[:, None] + scale_row * cum[row, : k - 1]
+        bins = (v >= edges).sum(0, keepdim=True)  # (1, M)
         first = bins == 0
-        index = bins.unsqueeze(-2).expand(*cum.shape[:-1], 1)
-        cum_hi = cum.gather(-1, index).squeeze(-1)  # (*, 2): cumsum up to knot k + 1
-        cum_lo = torch.where(first, 0.0, cum.gather(-1, (index - 1).clamp(min=0)).squeeze(-1))
+        cum_hi = cum.gather(1, bins.expand(2, m)[:, None]).squeeze(1)  # (2, M): cumsum up to knot k + 1
+        cum_lo = torch.where(first, 0.0, cum.gather(1, (bins - 1).clamp(min=0).expand(2, m)[:, None]).squeeze(1))
         lo = (2 * cfg.bound) * minimum * bins.to(cum.dtype) - cfg.bound + scale * cum_lo
         hi = lo + (2 * cfg.bound) * minimum + scale * (cum_hi - cum_lo)
-        raw = params[..., 2 * k :]
+        raw = table[2 * k :]
         if k > 1:
-            raw_lo = raw.gather(-1, (bins - 1).clamp(min=0)).squeeze(-1)
-            raw_hi = raw.gather(-1, bins.clamp(max=k - 2)).squeeze(-1)
-            d0 = torch.where(first.squeeze(-1), 1.0, _derivative(raw_lo, cfg))
-            d1 = torch.where(bins.squeeze(-1) == k - 1, 1.0, _derivative(raw_hi, cfg))
+            raw_lo = raw.gather(0, (bins - 1).clamp(min=0)).squeeze(0)
+            raw_hi = raw.gather(0, bins.clamp(max=k - 2)).squeeze(0)
+            d0 = torch.where(first.squeeze(0), 1.0, _derivative(raw_lo, cfg))
+            d1 = torch.where(bins.squeeze(0) == k - 1, 1.0, _derivative(raw_hi, cfg))
         else:
             raw_lo = raw_hi = d0 = d1 = torch.ones_like(v)
-        x_k, y_k = lo.unbind(-1)
-        w, h = (hi - lo).unbind(-1)
+        x_k, y_k = lo.unbind(0)
+        w, h = (hi - lo).unbind(0)
         s = h / w
         curvature = d0 + d1 - 2 * s
         theta = _solve_theta(v - y_k, s, h, d0, curvature) if inverse else (v - x_k) / w
@@ -126,15 +140,18 @@ class RQSpline(torch.autograd.Function):
         log_det = torch.log((d1 * theta * theta + 2 * s * tt + d0 * one_minus * one_minus) * ratio * ratio)
         ctx.cfg, ctx.inverse = cfg, inverse
         ctx.save_for_backward(inside, softmax, bins, lo, hi, d0, d1, theta, raw_lo, raw_hi, cum_lo, cum_hi)
-        return torch.where(inside, out, value), torch.where(inside, log_det, 0.0)
+        out, log_det = torch.where(inside, out, flat), torch.where(inside, log_det, 0.0)
+        return _unflatten(out, ctx), _unflatten(log_det, ctx)
 
     @staticmethod
     def backward(ctx, g_out, g_log_det):
         inside, softmax, bins, lo, hi, d0, d1, theta, raw_lo, raw_hi, cum_lo, cum_hi = ctx.saved_tensors
         cfg, inverse = ctx.cfg, ctx.inverse
-        k = cfg.count_bins
-        x_k, y_k = lo.unbind(-1)
-        w, h = (hi - lo).unbind(-1)
+        k, m = cfg.count_bins, theta.numel()
+        g_out = g_out.permute(ctx.order).reshape(m)
+        g_log_det = g_log_det.permute(ctx.order).reshape(m)
+        x_k, y_k = lo.unbind(0)
+        w, h = (hi - lo).unbind(0)
         s = h / w
         g_o = torch.where(inside, g_out, 0.0)
         g_l = torch.where(inside, g_log_det, 0.0)
@@ -183,22 +200,39 @@ class RQSpline(torch.autograd.Function):
         # d/dcum[j] = G_hi [j <= k] + G_lo [j < k] with G = scale * (bin-local gradient); through the
         # softmax, g_raw = e * (d/dcum - dot) with dot = sum_j e_j d/dcum[j] = G_hi cum[k] + G_lo cum[k-1].
         _, scale = _minimum_and_scale(cfg, softmax)
-        g_hi = torch.stack([g_w, g_h], dim=-1) * scale
-        g_lo = torch.stack([g_xk - g_w, g_yk - g_h], dim=-1) * scale
+        if not isinstance(scale, float):
+            scale = scale[:, None]
+        g_hi = torch.stack([g_w, g_h]) * scale  # (2, M)
+        g_lo = torch.stack([g_xk - g_w, g_yk - g_h]) * scale
         dot = g_hi * cum_hi + g_lo * cum_lo
-        columns = torch.arange(k, device=bins.device)
-        kk = bins.unsqueeze(-1)
-        # masks times values: a three-way broadcast torch.where is several times slower here
-        before = (columns < kk).to(softmax.dtype)
-        at = (columns == kk).to(softmax.dtype)
-        coefficient = before * (g_hi + g_lo).unsqueeze(-1) + at * g_hi.unsqueeze(-1) - dot.unsqueeze(-1)
-        g_params = softmax.new_empty(*softmax.shape[:-2], 3 * k - 1)
-        torch.mul(softmax, coefficient, out=g_params[..., : 2 * k].unflatten(-1, (2, k)))
+        columns = torch.arange(k, device=bins.device)[:, None]
+        before = (columns < bins).to(softmax.dtype)  # (K, M)
+        at = (columns == bins).to(softmax.dtype)
+        coefficient = before * (g_hi + g_lo)[:, None] + at * g_hi[:, None] - dot[:, None]
+        g_table = softmax.new_empty(3 * k - 1, m)
+        torch.mul(softmax, coefficient, out=g_table[: 2 * k].view(2, k, m))
         if k > 1:
-            g_lo_d = torch.where(bins.squeeze(-1) > 0, g_d0 * torch.sigmoid(raw_lo + cfg.derivative_offset), 0.0)
-            g_hi_d = torch.where(bins.squeeze(-1) < k - 1, g_d1 * torch.sigmoid(raw_hi + cfg.derivative_offset), 0.0)
-            g_deriv = g_params[..., 2 * k :]
+            g_lo_d = torch.where(bins.squeeze(0) > 0, g_d0 * torch.sigmoid(raw_lo + cfg.derivative_offset), 0.0)
+            g_hi_d = torch.where(bins.squeeze(0) < k - 1, g_d1 * torch.sigmoid(raw_hi + cfg.derivative_offset), 0.0)
+            g_deriv = g_table[2 * k :]
             g_deriv.zero_()
-            g_deriv.scatter_add_(-1, (bins - 1).clamp(min=0), g_lo_d.unsqueeze(-1))
-            g_deriv.scatter_add_(-1, bins.clamp(max=k - 2), g_hi_d.unsqueeze(-1))
-        return g_value, g_params, None, None
+            g_deriv.scatter_add_(0, (bins - 1).clamp(min=0), g_lo_d[None])
+            g_deriv.scatter_add_(0, bins.clamp(max=k - 2), g_hi_d[None])
+        back = _inverse_order(ctx.order)
+        g_params = g_table.view(3 * k - 1, *ctx.permuted).permute(*[b + 1 for b in back], 0)
+        return _unflatten(g_value, ctx), g_params, None, None
+
+
+def _element_order(params: torch.Tensor) -> list[int]:
+    """The batch dims of ``params`` from outermost to innermost in memory."""
+    strides = params.stride()[:-1]
+    return sorted(range(len(strides)), key=lambda i: -strides[i])
+
+
+def _inverse_order(order: list[int]) -> list[int]:
+    return sorted(range(len(order)), key=order.__getitem__)
+
+
+def _unflatten(flat: torch.Tensor, ctx) -> torch.Tensor:
+    """``(M,)`` in element order back to the value's shape (a view)."""
+    return flat.view(ctx.permuted).permute(_inverse_order(ctx.order))

@@ -18,9 +18,11 @@ from pyroflows.transforms.rqs_kernel import RQSpline, SplineConfig, knot_table
 
 
 class UnivariateMap:
-    """Interface: ``num_params`` per element, ``forward`` and ``inverse``."""
+    """Interface: ``num_params`` per element, ``forward`` and ``inverse``.
+    ``params_major`` asks conditioners for parameter-first memory."""
 
     num_params: int
+    params_major = False
 
     def forward(self, x: torch.Tensor, params: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError
@@ -108,6 +110,8 @@ class RationalQuadraticSpline(UnivariateMap):
     ``count_bins - 1`` interior derivatives. Boundary derivatives are 1 so the
     linear (identity) tails join smoothly. Zero parameters give the identity.
     """
+
+    params_major = True
 
     def __init__(
         self,
