@@ -95,14 +95,15 @@ class RQSpline(torch.autograd.Function):
     def forward(ctx, value, params, cfg: SplineConfig, inverse: bool):
         k = cfg.count_bins
         order = _element_order(params)
-        ctx.order, ctx.permuted = order, [value.shape[i] for i in order]
+        ctx.order = order
+        ctx.permuted = value.shape if order is None else [value.shape[i] for i in order]
         m = value.numel()
-        flat = value.permute(order).reshape(m)
-        table = params.permute(-1, *order).reshape(3 * k - 1, m)  # no copy when params are bins-first
+        if order is None:
+            flat, table = value.reshape(m), params.reshape(m, 3 * k - 1).T.contiguous()
+        else:  # no copy when params are bins-first
+            flat, table = value.permute(order).reshape(m), params.permute(-1, *order).reshape(3 * k - 1, m)
         softmax = torch.softmax(table[: 2 * k].view(2, k, m), dim=1)
-        cum = softmax.clone()  # (2, K, M) cumulative sums, by planes (torch.cumsum is slow across dim 1)
-        for j in range(1, k):
-            cum[:, j] += cum[:, j - 1]
+        cum = _cumsum_bins(softmax)  # (2, K, M)
         minimum, scale = _minimum_and_scale(cfg, cum)
         row = 1 if inverse else 0
         min_row, scale_row = (minimum, scale) if isinstance(minimum, float) else (minimum[row], scale[row])
@@ -148,8 +149,7 @@ class RQSpline(torch.autograd.Function):
         inside, softmax, bins, lo, hi, d0, d1, theta, raw_lo, raw_hi, cum_lo, cum_hi = ctx.saved_tensors
         cfg, inverse = ctx.cfg, ctx.inverse
         k, m = cfg.count_bins, theta.numel()
-        g_out = g_out.permute(ctx.order).reshape(m)
-        g_log_det = g_log_det.permute(ctx.order).reshape(m)
+        g_out, g_log_det = _flatten(g_out, ctx.order), _flatten(g_log_det, ctx.order)
         x_k, y_k = lo.unbind(0)
         w, h = (hi - lo).unbind(0)
         s = h / w
@@ -218,21 +218,44 @@ class RQSpline(torch.autograd.Function):
             g_deriv.zero_()
             g_deriv.scatter_add_(0, (bins - 1).clamp(min=0), g_lo_d[None])
             g_deriv.scatter_add_(0, bins.clamp(max=k - 2), g_hi_d[None])
-        back = _inverse_order(ctx.order)
-        g_params = g_table.view(3 * k - 1, *ctx.permuted).permute(*[b + 1 for b in back], 0)
+        if ctx.order is None:
+            g_params = g_table.T.view(*ctx.permuted, 3 * k - 1)
+        else:
+            back = _inverse_order(ctx.order)
+            g_params = g_table.view(3 * k - 1, *ctx.permuted).permute(*[b + 1 for b in back], 0)
         return _unflatten(g_value, ctx), g_params, None, None
 
 
-def _element_order(params: torch.Tensor) -> list[int]:
-    """The batch dims of ``params`` from outermost to innermost in memory."""
+def _element_order(params: torch.Tensor) -> list[int] | None:
+    """The batch dims of ``params`` from outermost to innermost in memory
+    (``None``: already in order)."""
     strides = params.stride()[:-1]
-    return sorted(range(len(strides)), key=lambda i: -strides[i])
+    order = sorted(range(len(strides)), key=lambda i: -strides[i])
+    return None if order == sorted(order) else order
 
 
 def _inverse_order(order: list[int]) -> list[int]:
     return sorted(range(len(order)), key=order.__getitem__)
 
 
+def _flatten(tensor: torch.Tensor, order: list[int] | None) -> torch.Tensor:
+    """A value-shaped tensor as ``(M,)`` in element order."""
+    return tensor.reshape(-1) if order is None else tensor.permute(order).reshape(-1)
+
+
 def _unflatten(flat: torch.Tensor, ctx) -> torch.Tensor:
     """``(M,)`` in element order back to the value's shape (a view)."""
+    if ctx.order is None:
+        return flat.view(ctx.permuted)
     return flat.view(ctx.permuted).permute(_inverse_order(ctx.order))
+
+
+def _cumsum_bins(softmax: torch.Tensor) -> torch.Tensor:
+    """Cumulative sums over dim 1 of ``(2, K, M)``. ``torch.cumsum`` walks the
+    K-long strided lines one by one; for many elements adding planes is faster."""
+    if softmax.shape[-1] < 8192:
+        return torch.cumsum(softmax, dim=1)
+    cum = softmax.clone()
+    for j in range(1, softmax.shape[1]):
+        cum[:, j] += cum[:, j - 1]
+    return cum
