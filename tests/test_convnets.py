@@ -1,4 +1,4 @@
-"""ConvResNet: the dense small-image path computes the same network as convolutions."""
+"""ConvResNet: the small-image path computes the same network as convolutions."""
 
 import pytest
 import torch

@@ -10,7 +10,7 @@ from torch import nn
 
 __all__ = ["ConvResNet"]
 
-_DENSE_PIXELS = 16  # up to 4x4 pixels, 3x3 convolutions run as matrix products
+_SMALL_PIXELS = 16  # up to 4x4 pixels, convolutions run as matrix products on pixel-major features
 
 
 @functools.lru_cache(maxsize=32)
@@ -128,8 +128,8 @@ class ConvResNet(nn.Module):
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
         if self.map_context:
             x = torch.cat([x, context], dim=1)
-        if x.shape[-2] * x.shape[-1] <= _DENSE_PIXELS:
-            return self._dense_forward(x, context)
+        if x.shape[-2] * x.shape[-1] <= _SMALL_PIXELS:
+            return self._small_image_forward(x, context)
         h = self.inp(x)
         if self.context is not None:
             h = h + self.context(context)[..., None, None]
@@ -138,7 +138,7 @@ class ConvResNet(nn.Module):
         h = F.relu(conv1x1(F.relu(h), self.mid))
         return self.out(h)
 
-    def _dense_forward(self, x: torch.Tensor, context: torch.Tensor | None) -> torch.Tensor:
+    def _small_image_forward(self, x: torch.Tensor, context: torch.Tensor | None) -> torch.Tensor:
         """The same network on small images by matrix products, the hidden
         features pixel-major ``(N, P, C)`` so no layout copies."""
         height, width = x.shape[-2:]
