@@ -62,3 +62,24 @@ def test_any_parameter_layout_gives_the_same_map(layout):
     for a, b in zip(results[0] + grads[0], results[1] + grads[1], strict=True):
         assert a.shape == b.shape
         torch.testing.assert_close(a, b, atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize("inverse", [False, True], ids=["forward", "inverse"])
+def test_large_batches_match_small_ones(inverse):
+    """From 8192 elements on the kernel sums bins by planes; chunks below it
+    use torch.cumsum. Both must agree."""
+    torch.manual_seed(3)
+    spline = RationalQuadraticSpline(6, 3.0, min_bin_width=1e-2, min_bin_height=1e-3)
+    value = (2 * torch.randn(8292, 1, dtype=torch.float64)).requires_grad_()
+    params = torch.randn(8292, 1, spline.num_params, dtype=torch.float64, requires_grad=True)
+    weights = torch.randn(2, *value.shape, dtype=torch.float64)
+
+    def run(v, p, w):
+        out, log_det = RQSpline.apply(v, p, spline.config, inverse)
+        return (out, log_det, *torch.autograd.grad((w[0] * out + w[1] * log_det).sum(), [v, p]))
+
+    whole = run(value, params, weights)
+    pieces = zip(value.split(1000), params.split(1000), weights.split(1000, dim=1), strict=True)
+    chunks = [run(v, p, w) for v, p, w in pieces]
+    for k, part in enumerate(zip(*chunks, strict=True)):
+        torch.testing.assert_close(whole[k], torch.cat(part), atol=1e-12, rtol=0)
