@@ -78,12 +78,14 @@ def test_dense_nn_params_major_is_the_same_network():
     for p in plain.parameters():
         torch.nn.init.normal_(p)
     major.load_state_dict(plain.state_dict())
-    x = torch.randn(2, 7, 3, dtype=torch.float64, requires_grad=True)
-    a, b = plain(x), major(x)
-    assert b.shape == a.shape == (2, 7, 4, 5) and b.stride(-1) == 2 * 7 * 4
-    torch.testing.assert_close(a, b, atol=1e-12, rtol=0)
-    w = torch.randn_like(a)
-    ga = torch.autograd.grad((a * w).sum(), [x, *plain.parameters()])
-    gb = torch.autograd.grad((b * w).sum(), [x, *major.parameters()])
-    for u, v in zip(ga, gb, strict=True):
-        torch.testing.assert_close(u, v, atol=1e-12, rtol=0)
+    for rows in (7, 2100):  # 2 x 2100 x 4 units: over the size where the layout switches
+        x = torch.randn(2, rows, 3, dtype=torch.float64, requires_grad=True)
+        a, b = plain(x), major(x)
+        assert b.shape == a.shape == (2, rows, 4, 5)
+        assert b.stride(-1) == (2 * rows * 4 if rows > 7 else 1)
+        torch.testing.assert_close(a, b, atol=1e-12, rtol=0)
+        w = torch.randn_like(a)
+        ga = torch.autograd.grad((a * w).sum(), [x, *plain.parameters()])
+        gb = torch.autograd.grad((b * w).sum(), [x, *major.parameters()])
+        for u, v in zip(ga, gb, strict=True):
+            torch.testing.assert_close(u, v, atol=1e-12, rtol=0)

@@ -7,6 +7,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+_PARAMS_MAJOR_MIN = 8192  # output units below which the usual layout is cheaper
+
 
 class DenseNN(nn.Module):
     """MLP mapping ``(*, in_features)`` (and an optional context) to ``(*, *out_shape)``.
@@ -21,7 +23,8 @@ class DenseNN(nn.Module):
         activation: activation module class.
         params_major: with a 2-D ``out_shape`` ``(units, params)``, write the
             output parameter-first in memory (a ``(params, units, *)`` tensor seen
-            as ``(*, units, params)``), the layout the spline kernel reads without a copy.
+            as ``(*, units, params)``), the layout the spline kernel reads without a copy;
+            small batches (under 8192 units in all) keep the usual layout.
     """
 
     def __init__(
@@ -52,7 +55,7 @@ class DenseNN(nn.Module):
             inputs = torch.cat(
                 [inputs.expand(*batch, inputs.shape[-1]), context.expand(*batch, context.shape[-1])], dim=-1
             )
-        if not self.params_major:
+        if not self.params_major or inputs.shape[:-1].numel() * self.out_shape[0] < _PARAMS_MAJOR_MIN:
             out = self.net(inputs)
             return out.reshape(*out.shape[:-1], *self.out_shape)
         *hidden, last = self.net
