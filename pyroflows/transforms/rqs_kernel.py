@@ -95,7 +95,7 @@ class RQSpline(torch.autograd.Function):
     def forward(ctx, value, params, cfg: SplineConfig, inverse: bool):
         k = cfg.count_bins
         order = _element_order(params)
-        ctx.order = order
+        ctx.order, ctx.back = order, None if order is None else _inverse_order(order)
         ctx.permuted = value.shape if order is None else [value.shape[i] for i in order]
         m = value.numel()
         if order is None:
@@ -221,8 +221,7 @@ class RQSpline(torch.autograd.Function):
         if ctx.order is None:
             g_params = g_table.T.view(*ctx.permuted, 3 * k - 1)
         else:
-            back = _inverse_order(ctx.order)
-            g_params = g_table.view(3 * k - 1, *ctx.permuted).permute(*[b + 1 for b in back], 0)
+            g_params = g_table.view(3 * k - 1, *ctx.permuted).permute(*[b + 1 for b in ctx.back], 0)
         return _unflatten(g_value, ctx), g_params, None, None
 
 
@@ -231,7 +230,7 @@ def _element_order(params: torch.Tensor) -> list[int] | None:
     (``None``: already in order)."""
     strides = params.stride()[:-1]
     order = sorted(range(len(strides)), key=lambda i: -strides[i])
-    return None if order == sorted(order) else order
+    return None if order == list(range(len(order))) else order
 
 
 def _inverse_order(order: list[int]) -> list[int]:
@@ -245,15 +244,16 @@ def _flatten(tensor: torch.Tensor, order: list[int] | None) -> torch.Tensor:
 
 def _unflatten(flat: torch.Tensor, ctx) -> torch.Tensor:
     """``(M,)`` in element order back to the value's shape (a view)."""
-    if ctx.order is None:
-        return flat.view(ctx.permuted)
-    return flat.view(ctx.permuted).permute(_inverse_order(ctx.order))
+    return flat.view(ctx.permuted) if ctx.back is None else flat.view(ctx.permuted).permute(ctx.back)
+
+
+_PLANES_MIN = 8192  # elements from which adding planes beats torch.cumsum across dim 1
 
 
 def _cumsum_bins(softmax: torch.Tensor) -> torch.Tensor:
     """Cumulative sums over dim 1 of ``(2, K, M)``. ``torch.cumsum`` walks the
     K-long strided lines one by one; for many elements adding planes is faster."""
-    if softmax.shape[-1] < 8192:
+    if softmax.shape[-1] < _PLANES_MIN:
         return torch.cumsum(softmax, dim=1)
     cum = softmax.clone()
     for j in range(1, softmax.shape[1]):
