@@ -206,9 +206,8 @@ class RQSpline(torch.autograd.Function):
         g_lo = torch.stack([g_xk - g_w, g_yk - g_h]) * scale
         dot = g_hi * cum_hi + g_lo * cum_lo
         columns = torch.arange(k, device=bins.device)[:, None]
-        before = (columns < bins).to(softmax.dtype)  # (K, M)
-        at = (columns == bins).to(softmax.dtype)
-        coefficient = before * (g_hi + g_lo)[:, None] + at * g_hi[:, None] - dot[:, None]
+        coefficient = torch.where(columns < bins, (g_hi + g_lo - dot)[:, None], -dot[:, None])  # (2, K, M)
+        coefficient.scatter_add_(1, bins.expand(2, m)[:, None], g_hi[:, None])  # bin k itself: + g_hi
         g_table = softmax.new_empty(3 * k - 1, m)
         torch.mul(softmax, coefficient, out=g_table[: 2 * k].view(2, k, m))
         if k > 1:
