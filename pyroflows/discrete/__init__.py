@@ -2,6 +2,7 @@
 
 from pyroflows.discrete.autoregressive import AutoregressiveModel
 from pyroflows.discrete.data import MarkovSource, digits_tokens, ngram_distance
+from pyroflows.discrete.exact import ExactMarkovDenoiser
 from pyroflows.discrete.model import DiscreteFlowMatcher
 from pyroflows.discrete.paths import Cosine, KappaScheduler, MixturePath, Polynomial
 from pyroflows.discrete.train import train
@@ -10,6 +11,7 @@ __all__ = [
     "AutoregressiveModel",
     "Cosine",
     "DiscreteFlowMatcher",
+    "ExactMarkovDenoiser",
     "KappaScheduler",
     "MarkovSource",
     "MixturePath",
