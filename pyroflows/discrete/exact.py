@@ -55,21 +55,22 @@ class ExactMarkovDenoiser(nn.Module):
         masked = x == v
         hot = nn.functional.one_hot(x.clamp(max=v - 1), v).double()
         evidence = torch.where(masked[..., None], torch.ones_like(hot), hot)  # (N, L, V)
-        transitions = self.source.transitions  # (n, V), row: context, oldest symbol first
+        table = self.source.transitions.view(v, rest, v)  # [oldest symbol, the rest, next symbol]
         # alpha[i]: p(state at i, evidence up to i), state = symbols i-order+1..i; rescaled per step
         alpha = self.source.initial.expand(len(x), n)
         for j in range(order):
             alpha = alpha * _digit(evidence[:, j], v, order, j)
         alphas = {order - 1: alpha / alpha.sum(-1, keepdim=True)}
         for i in range(order, self.length):
-            joint = alphas[i - 1][:, :, None] * transitions * evidence[:, i, None, :]  # (N, n, V)
-            alpha = joint.view(len(x), v, rest * v).sum(1)
+            # new state (r, c) from (a, r): sum over the oldest symbol a
+            alpha = torch.einsum("nar,arc->nrc", alphas[i - 1].view(-1, v, rest), table) * evidence[:, i, None, :]
+            alpha = alpha.reshape(len(x), n)
             alphas[i] = alpha / alpha.sum(-1, keepdim=True)
         beta = torch.ones(len(x), n, dtype=torch.float64)
         betas = {self.length - 1: beta}
         for i in range(self.length - 2, order - 2, -1):
-            ahead = beta.view(len(x), 1, rest, v) * evidence[:, i + 1, None, None, :]
-            beta = (transitions.view(1, v, rest, v) * ahead).sum(-1).view(len(x), n)
+            ahead = beta.view(len(x), rest, v) * evidence[:, i + 1, None, :]
+            beta = torch.einsum("arc,nrc->nar", table, ahead).reshape(len(x), n)
             betas[i] = beta = beta / beta.sum(-1, keepdim=True)
         out = torch.empty(len(x), self.length, v, dtype=torch.float64)
         first = (alphas[order - 1] * betas[order - 1]).view(len(x), *[v] * order)
