@@ -69,12 +69,14 @@ def knot_table(params: torch.Tensor, cfg: SplineConfig) -> torch.Tensor:
 
 
 def _solve_theta(dy, s, h, d0, curvature):
-    """The root in [0, 1] of the bin's quadratic (Durkan et al., eq. 6-8)."""
-    a = h * (s - d0) + dy * curvature
-    b = h * d0 - dy * curvature
-    c = -s * dy
-    discriminant = (b * b - 4 * a * c).clamp(min=0)
-    return ((2 * c) / (-b - discriminant.sqrt())).clamp(0, 1)
+    """The root in [0, 1] of the bin's quadratic ``a theta^2 + b theta + c`` (Durkan et al.,
+    eq. 6-8), as ``2c / (-b - sqrt(b^2 - 4ac))`` with ``c = -s dy`` folded into the signs."""
+    u = dy * curvature
+    a = torch.addcmul(u, h, s - d0)
+    b = torch.addcmul(-u, h, d0)
+    s_dy = s * dy
+    discriminant = torch.addcmul(b * b, a, s_dy, value=4).clamp_(min=0)
+    return ((s_dy + s_dy) / (b + discriminant.sqrt_())).clamp_(0, 1)
 
 
 class RQSpline(torch.autograd.Function):
@@ -112,88 +114,101 @@ class RQSpline(torch.autograd.Function):
         v = flat.clamp(-cfg.bound, cfg.bound)
         inside = v == flat
         # search the interior knots 1..K-1 of the input's row
-        steps = torch.arange(1, k, dtype=cum.dtype, device=cum.device) * (2 * cfg.bound * min_row) - cfg.bound
-        edges = steps[:, None] + scale_row * cum[row, : k - 1]
+        edges = torch.add(_knot_offsets(cfg, k - 1, min_row, cum)[:, None], cum[row, : k - 1], alpha=scale_row)
         bins = (v >= edges).sum(0, keepdim=True)  # (1, M)
         first = bins == 0
+        below = (bins - 1).clamp_(min=0)
         cum_hi = cum.gather(1, bins.expand(2, m)[:, None]).squeeze(1)  # (2, M): cumsum up to knot k + 1
-        cum_lo = torch.where(first, 0.0, cum.gather(1, (bins - 1).clamp(min=0).expand(2, m)[:, None]).squeeze(1))
+        cum_lo = torch.where(first, 0.0, cum.gather(1, below.expand(2, m)[:, None]).squeeze(1))
         lo = (2 * cfg.bound) * minimum * bins.to(cum.dtype) - cfg.bound + scale * cum_lo
-        hi = lo + (2 * cfg.bound) * minimum + scale * (cum_hi - cum_lo)
+        width = (cum_hi - cum_lo).mul_(scale).add_((2 * cfg.bound) * minimum)  # bin widths and heights
         raw = table[2 * k :]
-        if k > 1:
-            raw_lo = raw.gather(0, (bins - 1).clamp(min=0)).squeeze(0)
-            raw_hi = raw.gather(0, bins.clamp(max=k - 2)).squeeze(0)
-            d0 = torch.where(first.squeeze(0), 1.0, _derivative(raw_lo, cfg))
-            d1 = torch.where(bins.squeeze(0) == k - 1, 1.0, _derivative(raw_hi, cfg))
+        if k > 1:  # derivatives at the bin's ends: softplus of z, 1 at the outer knots
+            above = bins.clamp(max=k - 2)
+            z_lo = raw.gather(0, below).squeeze(0) + cfg.derivative_offset
+            z_hi = raw.gather(0, above).squeeze(0) + cfg.derivative_offset
+            last = bins.squeeze(0) == k - 1
+            d0 = torch.where(first.squeeze(0), 1.0, F.softplus(z_lo).add_(cfg.min_derivative))
+            d1 = torch.where(last, 1.0, F.softplus(z_hi).add_(cfg.min_derivative))
         else:
-            raw_lo = raw_hi = d0 = d1 = torch.ones_like(v)
+            above, last = bins, first.squeeze(0)
+            z_lo = z_hi = d0 = d1 = torch.ones_like(v)
         x_k, y_k = lo.unbind(0)
-        w, h = (hi - lo).unbind(0)
+        w, h = width.unbind(0)
         s = h / w
-        curvature = d0 + d1 - 2 * s
-        theta = _solve_theta(v - y_k, s, h, d0, curvature) if inverse else (v - x_k) / w
+        curvature = torch.add(d0 + d1, s, alpha=-2)
+        if inverse:
+            dy = v - y_k
+            theta = _solve_theta(dy, s, h, d0, curvature)
+            q = dy / h  # (y - y_k) / h, kept for the backward
+        else:
+            theta = (v - x_k) / w
         one_minus = 1 - theta
         tt = theta * one_minus
-        den = s + curvature * tt
-        out = x_k + theta * w if inverse else y_k + h * (s * theta * theta + d0 * tt) / den
-        ratio = s / den
-        log_det = torch.log((d1 * theta * theta + 2 * s * tt + d0 * one_minus * one_minus) * ratio * ratio)
+        theta2 = theta * theta
+        den = torch.addcmul(s, curvature, tt)
+        if inverse:
+            out = torch.addcmul(x_k, theta, w)
+        else:
+            q = torch.addcmul(s * theta2, d0, tt).div_(den)
+            out = torch.addcmul(y_k, h, q)
+        numerator = torch.addcmul(torch.addcmul(d1 * theta2, s, tt, value=2), d0, one_minus * one_minus)
+        log_det = torch.log(numerator * (s / den).square_())
         ctx.cfg, ctx.inverse = cfg, inverse
-        ctx.save_for_backward(inside, softmax, bins, lo, hi, d0, d1, theta, raw_lo, raw_hi, cum_lo, cum_hi)
+        ctx.save_for_backward(
+            inside, softmax, bins, below, above, first, last, width, d0, d1, z_lo, z_hi, cum_lo, cum_hi,
+            theta, one_minus, theta2, tt, s, curvature, q, den, numerator,
+        )  # fmt: skip
         out, log_det = torch.where(inside, out, flat), torch.where(inside, log_det, 0.0)
         return _unflatten(out, ctx), _unflatten(log_det, ctx)
 
     @staticmethod
     def backward(ctx, g_out, g_log_det):
-        inside, softmax, bins, lo, hi, d0, d1, theta, raw_lo, raw_hi, cum_lo, cum_hi = ctx.saved_tensors
+        (
+            inside, softmax, bins, below, above, first, last, width, d0, d1, z_lo, z_hi, cum_lo, cum_hi,
+            theta, one_minus, theta2, tt, s, curvature, q, den, numerator,
+        ) = ctx.saved_tensors  # fmt: skip
         cfg, inverse = ctx.cfg, ctx.inverse
         k, m = cfg.count_bins, theta.numel()
         g_out, g_log_det = _flatten(g_out, ctx.order), _flatten(g_log_det, ctx.order)
-        x_k, y_k = lo.unbind(0)
-        w, h = (hi - lo).unbind(0)
-        s = h / w
+        w, h = width.unbind(0)
         g_o = torch.where(inside, g_out, 0.0)
         g_l = torch.where(inside, g_log_det, 0.0)
-
-        one_minus = 1 - theta
-        tt = theta * one_minus
-        d_tt = 1 - 2 * theta
-        curvature = d0 + d1 - 2 * s
-        inv_den = 1 / (s + curvature * tt)
-        inv_num = 1 / (d1 * theta * theta + 2 * s * tt + d0 * one_minus * one_minus)
-        q = (s * theta * theta + d0 * tt) * inv_den  # (y - y_k) / h
-        two_tt_den = 2 * tt * inv_den
-        # partial derivatives of q and of log y' (theta, s, d0, d1)
-        dq_t = (2 * s * theta + (d0 - q * curvature) * d_tt) * inv_den
-        dq_s = (theta * theta - q * (1 - 2 * tt)) * inv_den
-        dq_d0 = tt * (1 - q) * inv_den
-        dq_d1 = -q * tt * inv_den
-        dl_t = 2 * (d1 * theta + s * d_tt - d0 * one_minus) * inv_num - 2 * curvature * d_tt * inv_den
-        dl_s = 2 * tt * inv_num + 2 / s - 2 * (1 - 2 * tt) * inv_den
-        dl_d0 = one_minus * one_minus * inv_num - two_tt_den
-        dl_d1 = theta * theta * inv_num - two_tt_den
+        g_l2 = g_l + g_l  # the log-det partials below are halved
+        inv_den, inv_num = den.reciprocal(), numerator.reciprocal()
+        d_tt = one_minus - theta  # d tt / d theta
+        one_minus_2tt = torch.rsub(tt, 1.0, alpha=2)
+        tt_den = tt * inv_den
+        qt_den = q * tt_den
+        # partials of q = (y - y_k) / h in theta, s, d0 (d1: -qt_den), and halves of those of log y'
+        dq_t = torch.addcmul(torch.addcmul(d0, q, curvature, value=-1) * d_tt, s, theta, value=2) * inv_den
+        dq_s = torch.addcmul(theta2, q, one_minus_2tt, value=-1) * inv_den
+        dq_d0 = tt_den - qt_den
+        half_dl_t = torch.addcmul(torch.addcmul(d1 * theta, s, d_tt), d0, one_minus, value=-1) * inv_num
+        half_dl_t -= curvature * d_tt * inv_den
+        half_dl_s = torch.addcmul(tt * inv_num, one_minus_2tt, inv_den, value=-1) + s.reciprocal()
+        dl_d0 = torch.add(one_minus * one_minus * inv_num, tt_den, alpha=-2)
+        dl_d1 = torch.add(theta2 * inv_num, tt_den, alpha=-2)
         if inverse:
             # theta solves y_k + h q(theta, s, d) = v; dv/dtheta = h dq_t.
-            implicit = (g_o * w + g_l * dl_t) / (h * dq_t)
-            g_v = implicit
-            g_yk = -implicit
-            g_s = g_l * dl_s - implicit * h * dq_s
-            g_d0 = g_l * dl_d0 - implicit * h * dq_d0
-            g_d1 = g_l * dl_d1 - implicit * h * dq_d1
-            g_h = -implicit * q + g_s / w
-            g_xk = g_o
-            g_w = g_o * theta - g_s * s / w
+            implicit = torch.addcmul(g_o * w, g_l2, half_dl_t) / (h * dq_t)
+            g_v, g_xk, g_yk = implicit, g_o, -implicit
+            implicit_h = implicit * h
+            g_s = torch.addcmul(g_l2 * half_dl_s, implicit_h, dq_s, value=-1)
+            g_d0 = torch.addcmul(g_l * dl_d0, implicit_h, dq_d0, value=-1)
+            g_d1 = torch.addcmul(g_l * dl_d1, implicit_h, qt_den)
+            g_h = torch.addcmul(g_s / w, implicit, q, value=-1)
+            g_w = torch.addcmul(g_o * theta, g_s, s / w, value=-1)
         else:
-            g_theta = g_o * h * dq_t + g_l * dl_t
-            g_s = g_o * h * dq_s + g_l * dl_s
-            g_d0 = g_o * h * dq_d0 + g_l * dl_d0
-            g_d1 = g_o * h * dq_d1 + g_l * dl_d1
-            g_h = g_o * q + g_s / w
-            g_yk = g_o
+            out_h = g_o * h
+            g_theta = torch.addcmul(out_h * dq_t, g_l2, half_dl_t)
+            g_s = torch.addcmul(out_h * dq_s, g_l2, half_dl_s)
+            g_d0 = torch.addcmul(out_h * dq_d0, g_l, dl_d0)
+            g_d1 = torch.addcmul(g_l * dl_d1, out_h, qt_den, value=-1)
+            g_h = torch.addcmul(g_s / w, g_o, q)
             g_v = g_theta / w
-            g_xk = -g_v
-            g_w = -(g_theta * theta + g_s * s) / w
+            g_xk, g_yk = -g_v, g_o
+            g_w = torch.addcmul(g_theta * theta, g_s, s).div_(w).neg_()
         g_value = torch.where(inside, g_v, g_out)
 
         # knots: lo = knot k (-B for k = 0), hi = knot k + 1, knot j + 1 = ... + scale * cum[j], so
@@ -203,25 +218,45 @@ class RQSpline(torch.autograd.Function):
         if not isinstance(scale, float):
             scale = scale[:, None]
         g_hi = torch.stack([g_w, g_h]) * scale  # (2, M)
-        g_lo = torch.stack([g_xk - g_w, g_yk - g_h]) * scale
-        dot = g_hi * cum_hi + g_lo * cum_lo
-        columns = torch.arange(k, device=bins.device)[:, None]
-        coefficient = torch.where(columns < bins, (g_hi + g_lo - dot)[:, None], -dot[:, None])  # (2, K, M)
+        g_sum = torch.stack([g_xk, g_yk]) * scale  # G_hi + G_lo
+        dot = torch.addcmul(g_hi * cum_hi, g_sum - g_hi, cum_lo)
+        columns = _columns(k, bins.device)
+        coefficient = torch.where(columns < bins, (g_sum - dot)[:, None], -dot[:, None])  # (2, K, M)
         coefficient.scatter_add_(1, bins.expand(2, m)[:, None], g_hi[:, None])  # bin k itself: + g_hi
         g_table = softmax.new_empty(3 * k - 1, m)
         torch.mul(softmax, coefficient, out=g_table[: 2 * k].view(2, k, m))
         if k > 1:
-            g_lo_d = torch.where(bins.squeeze(0) > 0, g_d0 * torch.sigmoid(raw_lo + cfg.derivative_offset), 0.0)
-            g_hi_d = torch.where(bins.squeeze(0) < k - 1, g_d1 * torch.sigmoid(raw_hi + cfg.derivative_offset), 0.0)
             g_deriv = g_table[2 * k :]
             g_deriv.zero_()
-            g_deriv.scatter_add_(0, (bins - 1).clamp(min=0), g_lo_d[None])
-            g_deriv.scatter_add_(0, bins.clamp(max=k - 2), g_hi_d[None])
+            g_deriv.scatter_add_(0, below, torch.where(first, 0.0, g_d0 * torch.sigmoid(z_lo)))
+            g_deriv.scatter_add_(0, above, torch.where(last, 0.0, g_d1 * torch.sigmoid(z_hi))[None])
         if ctx.order is None:
             g_params = g_table.T.view(*ctx.permuted, 3 * k - 1)
         else:
             g_params = g_table.view(3 * k - 1, *ctx.permuted).permute(*[b + 1 for b in ctx.back], 0)
         return _unflatten(g_value, ctx), g_params, None, None
+
+
+_OFFSETS: dict = {}
+_COLUMNS: dict = {}
+
+
+def _columns(k: int, device: torch.device) -> torch.Tensor:
+    """``arange(k)`` as a column, cached."""
+    if (k, device) not in _COLUMNS:
+        _COLUMNS[k, device] = torch.arange(k, device=device)[:, None]
+    return _COLUMNS[k, device]
+
+
+def _knot_offsets(cfg: SplineConfig, count: int, minimum, like: torch.Tensor) -> torch.Tensor:
+    """``-B + 2B min j`` for knots ``j = 1..count``: where each knot sits before the softmax mass."""
+    if not isinstance(minimum, float):
+        return torch.arange(1, count + 1, dtype=like.dtype, device=like.device) * (2 * cfg.bound * minimum) - cfg.bound
+    key = (cfg, count, minimum, like.dtype, like.device)
+    if key not in _OFFSETS:
+        steps = torch.arange(1, count + 1, dtype=like.dtype, device=like.device)
+        _OFFSETS[key] = steps * (2 * cfg.bound * minimum) - cfg.bound
+    return _OFFSETS[key]
 
 
 def _element_order(params: torch.Tensor) -> list[int] | None:
