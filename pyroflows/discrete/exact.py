@@ -54,7 +54,7 @@ class ExactMarkovDenoiser(nn.Module):
         device, x = x.device, x.cpu()
         masked = x == v
         hot = nn.functional.one_hot(x.clamp(max=v - 1), v).double()
-        evidence = torch.where(masked[..., None], torch.ones_like(hot), hot)  # (N, L, V)
+        evidence = hot.masked_fill_(masked[..., None], 1.0)  # (N, L, V): 1 for every symbol where masked
         table = self.source.transitions.view(v, rest, v)  # [oldest symbol, the rest, next symbol]
         # alpha[i]: p(state at i, evidence up to i), state = symbols i-order+1..i; rescaled per step
         alpha = self.source.initial.expand(len(x), n)

@@ -19,6 +19,7 @@ In bin ``k`` with ``theta = (x - x_k) / w``, ``s = h / w``,
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -46,13 +47,28 @@ def _minimum_and_scale(cfg: SplineConfig, like: torch.Tensor):
     return minimum, 2 * cfg.bound * (1 - minimum * cfg.count_bins)
 
 
+@functools.lru_cache(maxsize=64)
+def _knot_offsets(cfg: SplineConfig, count: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """``-B + 2B min j`` for knots ``j = 1..count``, rows x and y ``(2, count)``: where each
+    knot sits before the softmax mass is added. Cached (a constant per config)."""
+    steps = torch.arange(1, count + 1, dtype=dtype, device=device)
+    minimum = torch.tensor([cfg.min_bin_width, cfg.min_bin_height], dtype=dtype, device=device)
+    return steps * (2 * cfg.bound * minimum[:, None]) - cfg.bound
+
+
+@functools.lru_cache(maxsize=16)
+def _columns(k: int, device: torch.device) -> torch.Tensor:
+    """``arange(k)`` as a column, cached."""
+    return torch.arange(k, device=device)[:, None]
+
+
 def _positions(softmax: torch.Tensor, cfg: SplineConfig) -> torch.Tensor:
     """Knots ``1..K`` as ``(*, 2, K)``."""
-    minimum, scale = _minimum_and_scale(cfg, softmax)
-    steps = torch.arange(1, cfg.count_bins + 1, dtype=softmax.dtype, device=softmax.device)
-    if not isinstance(minimum, float):
-        minimum, scale = minimum.unsqueeze(-1), scale.unsqueeze(-1)
-    return steps * (2 * cfg.bound * minimum) - cfg.bound + scale * torch.cumsum(softmax, dim=-1)
+    _, scale = _minimum_and_scale(cfg, softmax)
+    if not isinstance(scale, float):
+        scale = scale.unsqueeze(-1)
+    offsets = _knot_offsets(cfg, cfg.count_bins, softmax.dtype, softmax.device)
+    return offsets + scale * torch.cumsum(softmax, dim=-1)
 
 
 def _derivative(raw: torch.Tensor, cfg: SplineConfig) -> torch.Tensor:
@@ -108,13 +124,14 @@ class RQSpline(torch.autograd.Function):
         cum = _cumsum_bins(softmax)  # (2, K, M)
         minimum, scale = _minimum_and_scale(cfg, cum)
         row = 1 if inverse else 0
-        min_row, scale_row = (minimum, scale) if isinstance(minimum, float) else (minimum[row], scale[row])
+        scale_row = 2 * cfg.bound * (1 - (cfg.min_bin_height if inverse else cfg.min_bin_width) * k)
         if not isinstance(minimum, float):
             minimum, scale = minimum[:, None], scale[:, None]
         v = flat.clamp(-cfg.bound, cfg.bound)
         inside = v == flat
         # search the interior knots 1..K-1 of the input's row
-        edges = torch.add(_knot_offsets(cfg, k - 1, min_row, cum)[:, None], cum[row, : k - 1], alpha=scale_row)
+        offsets = _knot_offsets(cfg, k - 1, cum.dtype, cum.device)[row, :, None]
+        edges = torch.add(offsets, cum[row, : k - 1], alpha=scale_row)
         bins = (v >= edges).sum(0, keepdim=True)  # (1, M)
         first = bins == 0
         below = (bins - 1).clamp_(min=0)
@@ -235,28 +252,6 @@ class RQSpline(torch.autograd.Function):
         else:
             g_params = g_table.view(3 * k - 1, *ctx.permuted).permute(*[b + 1 for b in ctx.back], 0)
         return _unflatten(g_value, ctx), g_params, None, None
-
-
-_OFFSETS: dict = {}
-_COLUMNS: dict = {}
-
-
-def _columns(k: int, device: torch.device) -> torch.Tensor:
-    """``arange(k)`` as a column, cached."""
-    if (k, device) not in _COLUMNS:
-        _COLUMNS[k, device] = torch.arange(k, device=device)[:, None]
-    return _COLUMNS[k, device]
-
-
-def _knot_offsets(cfg: SplineConfig, count: int, minimum, like: torch.Tensor) -> torch.Tensor:
-    """``-B + 2B min j`` for knots ``j = 1..count``: where each knot sits before the softmax mass."""
-    if not isinstance(minimum, float):
-        return torch.arange(1, count + 1, dtype=like.dtype, device=like.device) * (2 * cfg.bound * minimum) - cfg.bound
-    key = (cfg, count, minimum, like.dtype, like.device)
-    if key not in _OFFSETS:
-        steps = torch.arange(1, count + 1, dtype=like.dtype, device=like.device)
-        _OFFSETS[key] = steps * (2 * cfg.bound * minimum) - cfg.bound
-    return _OFFSETS[key]
 
 
 def _element_order(params: torch.Tensor) -> list[int] | None:
