@@ -151,3 +151,35 @@ def test_conv_residual_roulette_log_det_is_unbiased_and_inverts():
     assert ((draws.mean(0) - exact).abs() / se).max() < 4.5
     x, _ = layer.inverse_and_log_det(y)
     assert torch.allclose(layer.forward_and_log_det(x)[0], y, atol=1e-8)
+
+
+def test_linearization_matches_autograd():
+    torch.manual_seed(4)
+    net = LipschitzMLP(3, (16, 8), context_dim=2).double()
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(0.5 * torch.randn_like(p))
+    x, context = torch.randn(5, 3, dtype=torch.float64), torch.randn(2, 1, 2, dtype=torch.float64)
+    gx, jacobian = net.linearize(x, context)
+    assert torch.allclose(gx, net(x, context))
+    jac = torch.func.vmap(torch.func.jacrev(net))(x.expand(2, 5, 3).reshape(10, 3), context.expand(2, 5, 2).reshape(10, 2))
+    w, v = torch.randn(2, 5, 3, dtype=torch.float64), torch.randn(2, 5, 3, dtype=torch.float64)
+    assert torch.allclose(jacobian.vjp(w), torch.einsum("bi,bij->bj", w.reshape(10, 3), jac).view(2, 5, 3))
+    assert torch.allclose(jacobian.jvp(v), torch.einsum("bij,bj->bi", jac, v.reshape(10, 3)).view(2, 5, 3))
+
+
+@pytest.mark.parametrize("method", ["exact", "series", "roulette"])
+@pytest.mark.parametrize("neumann_gradient", [True, False])
+def test_linearized_estimators_equal_the_autograd_ones(block, method, neumann_gradient):
+    """An MLP's estimators use its ``linearize``; any other callable goes through autograd: same numbers."""
+    y = torch.randn(3, 4, dtype=torch.float64, requires_grad=True)
+    params = [y, *block.net.parameters()]
+    estimator = LogDetEstimator(method, num_terms=4, neumann_gradient=neumann_gradient)
+    results = []
+    for g in (block.net, lambda v, c: block.net(v, c)):
+        torch.manual_seed(5)
+        gx, log_det = estimator(g, y)
+        grads = torch.autograd.grad((log_det.sum(), gx.square().sum()), params, allow_unused=True)
+        results.append([gx, log_det, *[torch.zeros(()) if d is None else d for d in grads]])
+    for a, b in zip(*results, strict=True):
+        assert torch.allclose(a, b, atol=1e-10)

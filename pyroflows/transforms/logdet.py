@@ -81,6 +81,13 @@ class LogDetEstimator:
         ``x.shape[:-event_dim]`` (broadcast with the context's batch shape)."""
         if self.method == "exact":
             return _exact(g, x, context, event_dim)
+        if hasattr(g, "linearize"):  # Jacobian products by matrix products: no autograd walks, no double backward
+            gx, jacobian = g.linearize(x, context)
+            weights = self._weights()
+            v = self._probe(gx)
+            if self.neumann_gradient and torch.is_grad_enabled():
+                return gx, _neumann_linearized(jacobian, v, weights, event_dim)
+            return gx, _series_linearized(jacobian, v, weights, event_dim)
         with torch.enable_grad():
             x = x if x.requires_grad else x.detach().requires_grad_(True)
             gx = g(x, context)
@@ -104,6 +111,12 @@ def _event_sum(t: torch.Tensor, event_dim: int) -> torch.Tensor:
 
 
 def _exact(g, x: torch.Tensor, context: torch.Tensor | None, event_dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+    size = x.shape[x.dim() - event_dim :].numel()
+    eye = torch.eye(size, dtype=x.dtype, device=x.device)
+    if hasattr(g, "linearize"):  # the Jacobian's columns J e_i by matrix products
+        gx, jacobian = g.linearize(x, context)
+        columns = jacobian.jvp(eye.view(size, *[1] * (gx.dim() - 1), size))
+        return gx, torch.linalg.slogdet(eye + columns.movedim(0, -1))[1]
     gx = g(x, context)  # first, outside the functional transforms (spectral norms update here)
     x = x.expand_as(gx)
     batch, event = x.shape[: x.dim() - event_dim], x.shape[x.dim() - event_dim :]
@@ -113,8 +126,6 @@ def _exact(g, x: torch.Tensor, context: torch.Tensor | None, event_dim: int) -> 
     else:
         ctx = context.expand(*batch, context.shape[-1]).reshape(-1, context.shape[-1])
         jac = torch.func.vmap(torch.func.jacrev(g))(flat, ctx)
-    size = event.numel()
-    eye = torch.eye(size, dtype=x.dtype, device=x.device)
     log_det = torch.linalg.slogdet(eye + jac.reshape(-1, size, size))[1]
     return gx, log_det.reshape(batch)
 
@@ -140,3 +151,28 @@ def _neumann(gx, x, v, weights, event_dim: int) -> torch.Tensor:
     (acc_j,) = torch.autograd.grad(gx, x, acc, create_graph=True)  # one differentiable vector-Jacobian product
     surrogate = _event_sum(acc_j * v, event_dim)
     return value.detach() + surrogate - surrogate.detach()
+
+
+def _series_linearized(jacobian, v, weights, event_dim: int) -> torch.Tensor:
+    """:func:`_series` through a :class:`~pyroflows.nn.lipschitz.Linearization`
+    (differentiable while grad mode is on)."""
+    total, w = v.new_zeros(v.shape[: v.dim() - event_dim]), v
+    for k, weight in enumerate(weights, start=1):
+        w = jacobian.vjp(w)
+        total = total + (-1) ** (k + 1) / k * weight * _event_sum(w * v, event_dim)
+    return total
+
+
+def _neumann_linearized(jacobian, v, weights, event_dim: int) -> torch.Tensor:
+    """:func:`_neumann` through a :class:`~pyroflows.nn.lipschitz.Linearization`:
+    the series without a graph, the gradient from ``acc^T (J v)`` by one
+    differentiable Jacobian-vector product (first-order autograd only)."""
+    with torch.no_grad():
+        value, w, acc = v.new_zeros(v.shape[: v.dim() - event_dim]), v, v.clone()
+        for k, weight in enumerate(weights, start=1):
+            w = jacobian.vjp(w)
+            value = value + (-1) ** (k + 1) / k * weight * _event_sum(w * v, event_dim)
+            if k < len(weights):
+                acc = acc + (-1) ** k * weights[k] * w
+    surrogate = _event_sum(acc * jacobian.jvp(v), event_dim)
+    return value + surrogate - surrogate.detach()
