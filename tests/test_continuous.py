@@ -87,3 +87,36 @@ def test_bad_options():
         ContinuousFlow(2, trace="frobenius")
     with pytest.raises(ValueError, match="noise"):
         ContinuousFlow(2, noise="uniform")
+
+
+@pytest.mark.parametrize("trace", ["exact", "hutchinson"])
+@pytest.mark.parametrize("activation", [torch.nn.Tanh, torch.nn.Sigmoid])
+def test_linearized_dynamics_equal_the_autograd_ones(trace, activation):
+    """The concat-squash MLP's ``linearize`` gives the same trace, penalties and gradients as autograd."""
+    from pyroflows.nn import ConcatSquashMLP
+
+    torch.manual_seed(0)
+    net = ConcatSquashMLP(3, (16, 16), context_dim=2, activation=activation).double()
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+
+    class Opaque(torch.nn.Module):  # the same field, without linearize: autograd traces
+        def __init__(self):
+            super().__init__()
+            self.net = net
+
+        def forward(self, t, x, context=None):
+            return self.net(t, x, context)
+
+    x, context = torch.randn(4, 3, dtype=torch.float64), torch.randn(4, 2, dtype=torch.float64)
+    results = []
+    for velocity in (net, Opaque()):
+        flow = ContinuousFlow(3, context_dim=2, velocity=velocity, trace=trace, regularize=True).double()
+        torch.manual_seed(1)
+        y, log_det = flow.forward_and_log_det(x, context)
+        penalty = sum(v.sum() for v in flow.last_regularization.values())
+        loss = y.square().sum() + log_det.sum() + penalty
+        results.append([y, log_det, penalty, *torch.autograd.grad(loss, list(net.parameters()))])
+    for a, b in zip(*results, strict=True):
+        assert torch.allclose(a, b, atol=1e-8)

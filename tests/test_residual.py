@@ -162,7 +162,9 @@ def test_linearization_matches_autograd():
     x, context = torch.randn(5, 3, dtype=torch.float64), torch.randn(2, 1, 2, dtype=torch.float64)
     gx, jacobian = net.linearize(x, context)
     assert torch.allclose(gx, net(x, context))
-    jac = torch.func.vmap(torch.func.jacrev(net))(x.expand(2, 5, 3).reshape(10, 3), context.expand(2, 5, 2).reshape(10, 2))
+    jac = torch.func.vmap(torch.func.jacrev(net))(
+        x.expand(2, 5, 3).reshape(10, 3), context.expand(2, 5, 2).reshape(10, 2)
+    )
     w, v = torch.randn(2, 5, 3, dtype=torch.float64), torch.randn(2, 5, 3, dtype=torch.float64)
     assert torch.allclose(jacobian.vjp(w), torch.einsum("bi,bij->bj", w.reshape(10, 3), jac).view(2, 5, 3))
     assert torch.allclose(jacobian.jvp(v), torch.einsum("bij,bj->bi", jac, v.reshape(10, 3)).view(2, 5, 3))

@@ -8,7 +8,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["LipSwish", "Linearization", "LipschitzConvNet", "LipschitzMLP", "SpectralNormConv2d", "SpectralNormLinear"]
+from pyroflows.nn.linearization import Linearization
+
+__all__ = ["LipSwish", "LipschitzConvNet", "LipschitzMLP", "SpectralNormConv2d", "SpectralNormLinear"]
 
 
 class LipSwish(nn.Module):
@@ -204,7 +206,7 @@ class LipschitzMLP(nn.Module):
             x = torch.cat([x.expand(*batch, x.shape[-1]), context.expand(*batch, context.shape[-1])], -1)
         return self.net(x)
 
-    def linearize(self, x: torch.Tensor, context: torch.Tensor | None = None) -> tuple[torch.Tensor, "Linearization"]:
+    def linearize(self, x: torch.Tensor, context: torch.Tensor | None = None) -> tuple[torch.Tensor, Linearization]:
         """``g(x)`` and its Jacobian in ``x`` at ``x`` (one pass; the log-det
         estimators use it instead of autograd, see :class:`Linearization`)."""
         features = x.shape[-1]
@@ -221,28 +223,6 @@ class LipschitzMLP(nn.Module):
                 h = F.linear(h, weights[-1], layer.bias)
         weights[0] = weights[0][:, :features]  # the Jacobian in x, not in the context
         return h, Linearization(weights, slopes)
-
-
-class Linearization:
-    """The Jacobian ``J = W_L D_{L-1} ... D_1 W_1`` of an MLP at a batch of
-    points (``D_i`` the activations' slopes): products with ``J`` by matrix
-    products, with no autograd graph of the network to walk. Both are
-    differentiable in the point and the weights while grad mode is on."""
-
-    def __init__(self, weights: list[torch.Tensor], slopes: list[torch.Tensor]) -> None:
-        self.weights, self.slopes = weights, slopes
-
-    def vjp(self, w: torch.Tensor) -> torch.Tensor:
-        """``w^T J`` for a batch of row vectors ``w``."""
-        for weight, slope in zip(self.weights[:0:-1], self.slopes[::-1], strict=True):
-            w = (w @ weight) * slope
-        return w @ self.weights[0]
-
-    def jvp(self, v: torch.Tensor) -> torch.Tensor:
-        """``J v`` for a batch of vectors ``v``."""
-        for weight, slope in zip(self.weights[:-1], self.slopes, strict=True):
-            v = F.linear(v, weight) * slope
-        return F.linear(v, self.weights[-1])
 
 
 class LipschitzConvNet(nn.Module):

@@ -5,7 +5,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+
+from pyroflows.nn.linearization import Linearization
 
 __all__ = ["ConcatSquashLinear", "ConcatSquashMLP"]
 
@@ -22,6 +25,18 @@ class ConcatSquashLinear(nn.Module):
     def forward(self, t: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
         t = t.reshape(1).to(h)
         return self.linear(h) * torch.sigmoid(self.gate(t)) + self.shift(t)
+
+    def gated(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The layer at time ``t`` as one affine map: ``(weight, bias)``."""
+        t = t.reshape(1).to(self.linear.weight)
+        gate = torch.sigmoid(self.gate(t))
+        return self.linear.weight * gate[:, None], self.linear.bias * gate + self.shift(t)
+
+
+_SLOPES = {  # activation -> its derivative from its output
+    nn.Tanh: lambda out: 1 - out.square(),
+    nn.Sigmoid: lambda out: out * (1 - out),
+}
 
 
 class ConcatSquashMLP(nn.Module):
@@ -56,3 +71,25 @@ class ConcatSquashMLP(nn.Module):
             if i < len(self.layers) - 1:
                 h = self.activation(h)
         return h
+
+    def linearize(self, t, x, context=None) -> tuple[torch.Tensor, Linearization] | None:
+        """``f(t, x)`` and its Jacobian in ``x`` (one pass; continuous flows take
+        traces from it without double backward), or ``None`` for an activation
+        whose slope is not known here."""
+        slope = _SLOPES.get(type(self.activation))
+        if slope is None:
+            return None
+        h, features = x, x.shape[-1]
+        if context is not None:
+            batch = torch.broadcast_shapes(x.shape[:-1], context.shape[:-1])
+            h = torch.cat([x.expand(*batch, features), context.expand(*batch, context.shape[-1])], -1)
+        weights, slopes = [], []
+        for i, layer in enumerate(self.layers):
+            weight, bias = layer.gated(t)
+            weights.append(weight)
+            h = F.linear(h, weight, bias)
+            if i < len(self.layers) - 1:
+                h = self.activation(h)
+                slopes.append(slope(h))
+        weights[0] = weights[0][:, :features]
+        return h, Linearization(weights, slopes)

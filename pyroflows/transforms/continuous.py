@@ -35,6 +35,18 @@ class _Dynamics(nn.Module):
     def forward(self, t, state):
         x = state[0]
         self.nfe += 1
+        linear = self.velocity.linearize(t, x, self.context) if hasattr(self.velocity, "linearize") else None
+        if linear is not None:  # traces by matrix products: first-order autograd only
+            f, jacobian = linear
+            if self.trace == "exact":
+                jac = jacobian.matrix(f.dim() - 1)
+                div = jac.diagonal(dim1=-2, dim2=-1).sum(-1)
+                frob = jac.pow(2).sum((-2, -1))
+            else:
+                vjp = jacobian.vjp(self.noise)
+                div = (vjp * self.noise).sum(-1)
+                frob = vjp.pow(2).sum(-1)
+            return self._augment(f, div, frob)
         with torch.enable_grad():
             x = x if x.requires_grad else x.detach().requires_grad_(True)
             f = self.velocity(t, x, self.context)
@@ -47,10 +59,10 @@ class _Dynamics(nn.Module):
                 (vjp,) = torch.autograd.grad(f, x, self.noise, create_graph=True)
                 div = (vjp * self.noise).sum(-1)
                 frob = vjp.pow(2).sum(-1)
-        out = [f, div]
-        if self.regularize:
-            out += [f.pow(2).sum(-1), frob]
-        return tuple(out)
+        return self._augment(f, div, frob)
+
+    def _augment(self, f, div, frob) -> tuple[torch.Tensor, ...]:
+        return (f, div, f.pow(2).sum(-1), frob) if self.regularize else (f, div)
 
 
 class ContinuousFlow(FlowTransform):

@@ -113,10 +113,9 @@ def _event_sum(t: torch.Tensor, event_dim: int) -> torch.Tensor:
 def _exact(g, x: torch.Tensor, context: torch.Tensor | None, event_dim: int) -> tuple[torch.Tensor, torch.Tensor]:
     size = x.shape[x.dim() - event_dim :].numel()
     eye = torch.eye(size, dtype=x.dtype, device=x.device)
-    if hasattr(g, "linearize"):  # the Jacobian's columns J e_i by matrix products
+    if hasattr(g, "linearize"):  # the Jacobian by matrix products
         gx, jacobian = g.linearize(x, context)
-        columns = jacobian.jvp(eye.view(size, *[1] * (gx.dim() - 1), size))
-        return gx, torch.linalg.slogdet(eye + columns.movedim(0, -1))[1]
+        return gx, torch.linalg.slogdet(eye + jacobian.matrix(gx.dim() - 1))[1]
     gx = g(x, context)  # first, outside the functional transforms (spectral norms update here)
     x = x.expand_as(gx)
     batch, event = x.shape[: x.dim() - event_dim], x.shape[x.dim() - event_dim :]
