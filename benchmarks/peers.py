@@ -42,7 +42,12 @@ def _pyro_style(flow: nn.Module, dim: int) -> Model:
 def build(
     library: str, kind: str, dim: int, num_transforms: int = 5, hidden: int = 64, bins: int = 8, bound: float = 5.0
 ) -> Model:
-    """``kind`` is ``"nsf"`` (spline coupling), ``"realnvp"`` or ``"maf"``."""
+    """``kind`` is ``"nsf"`` (spline coupling), ``"realnvp"`` or ``"maf"``.
+    ``"library@width"`` overrides ``hidden`` (normflows' smallest conditioner has an
+    extra residual layer: ``"normflows@48"`` matches the others' parameter count)."""
+    if "@" in library:
+        library, width = library.split("@")
+        hidden = int(width)
     hidden_dims = (hidden, hidden)
     if library == "pyroflows":
         if kind == "nsf":
