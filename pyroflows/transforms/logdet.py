@@ -81,24 +81,12 @@ class LogDetEstimator:
         ``x.shape[:-event_dim]`` (broadcast with the context's batch shape)."""
         if self.method == "exact":
             return _exact(g, x, context, event_dim)
-        if hasattr(g, "linearize"):  # Jacobian products by matrix products: no autograd walks, no double backward
-            gx, jacobian = g.linearize(x, context)
-            weights = self._weights()
-            v = self._probe(gx)
-            if self.neumann_gradient and torch.is_grad_enabled():
-                return gx, _neumann_linearized(jacobian, v, weights, event_dim)
-            return gx, _series_linearized(jacobian, v, weights, event_dim)
-        with torch.enable_grad():
-            x = x if x.requires_grad else x.detach().requires_grad_(True)
-            gx = g(x, context)
-            if gx.shape != x.shape:  # a context with more batch dims than x
-                x = x.expand_as(gx)
-                gx = g(x, context)
-            weights = self._weights()
-            v = self._probe(x)
-            if self.neumann_gradient and torch.is_grad_enabled():
-                return gx, _neumann(gx, x, v, weights, event_dim)
-            return gx, _series(gx, x, v, weights, event_dim, create_graph=torch.is_grad_enabled())
+        gx, jacobian = _jacobian(g, x, context)
+        weights = self._weights()
+        v = self._probe(gx)
+        if self.neumann_gradient and torch.is_grad_enabled():
+            return gx, _neumann(jacobian, v, weights, event_dim)
+        return gx, _series(jacobian, v, weights, event_dim)
 
 
 def _poisson_tail(rate: float, k: int) -> float:
@@ -129,32 +117,34 @@ def _exact(g, x: torch.Tensor, context: torch.Tensor | None, event_dim: int) -> 
     return gx, log_det.reshape(batch)
 
 
-def _series(gx, x, v, weights, event_dim: int, create_graph: bool) -> torch.Tensor:
-    total, w = x.new_zeros(x.shape[: x.dim() - event_dim]), v
-    for k, weight in enumerate(weights, start=1):
-        (w,) = torch.autograd.grad(gx, x, w, retain_graph=True, create_graph=create_graph)
-        total = total + (-1) ** (k + 1) / k * weight * _event_sum(w * v, event_dim)
-    return total if create_graph else total.detach()
+class _AutogradJacobian:
+    """``J_g(x)`` through autograd, for networks without ``linearize``."""
+
+    def __init__(self, gx: torch.Tensor, x: torch.Tensor) -> None:
+        self.gx, self.x = gx, x
+
+    def vjp(self, w: torch.Tensor) -> torch.Tensor:
+        """``w^T J``, differentiable (a double backward) while grad mode is on."""
+        (out,) = torch.autograd.grad(self.gx, self.x, w, retain_graph=True, create_graph=torch.is_grad_enabled())
+        return out
 
 
-def _neumann(gx, x, v, weights, event_dim: int) -> torch.Tensor:
-    """Value from the series (no graph kept); gradient from ``acc^T J v`` with
-    ``acc^T = v^T sum_k (-1)^k weight_{k+1} J^k`` held fixed, an unbiased
-    estimate of ``tr((I + J)^{-1} dJ)`` (the derivative of the log-det)."""
-    value, w, acc = x.new_zeros(x.shape[: x.dim() - event_dim]), v, v.clone()
-    for k, weight in enumerate(weights, start=1):
-        (w,) = torch.autograd.grad(gx, x, w, retain_graph=True)
-        value = value + (-1) ** (k + 1) / k * weight * _event_sum(w * v, event_dim)
-        if k < len(weights):
-            acc = acc + (-1) ** k * weights[k] * w
-    (acc_j,) = torch.autograd.grad(gx, x, acc, create_graph=True)  # one differentiable vector-Jacobian product
-    surrogate = _event_sum(acc_j * v, event_dim)
-    return value.detach() + surrogate - surrogate.detach()
+def _jacobian(g, x: torch.Tensor, context: torch.Tensor | None):
+    """``g(x)`` and its Jacobian: the network's own :class:`~pyroflows.nn.linearization.Linearization`
+    (matrix products, first-order autograd only) where it has one, else autograd."""
+    if hasattr(g, "linearize"):
+        return g.linearize(x, context)
+    with torch.enable_grad():
+        x = x if x.requires_grad else x.detach().requires_grad_(True)
+        gx = g(x, context)
+        if gx.shape != x.shape:  # a context with more batch dims than x
+            x = x.expand_as(gx)
+            gx = g(x, context)
+    return gx, _AutogradJacobian(gx, x)
 
 
-def _series_linearized(jacobian, v, weights, event_dim: int) -> torch.Tensor:
-    """:func:`_series` through a :class:`~pyroflows.nn.lipschitz.Linearization`
-    (differentiable while grad mode is on)."""
+def _series(jacobian, v, weights, event_dim: int) -> torch.Tensor:
+    """The weighted series, differentiable while grad mode is on."""
     total, w = v.new_zeros(v.shape[: v.dim() - event_dim]), v
     for k, weight in enumerate(weights, start=1):
         w = jacobian.vjp(w)
@@ -162,10 +152,11 @@ def _series_linearized(jacobian, v, weights, event_dim: int) -> torch.Tensor:
     return total
 
 
-def _neumann_linearized(jacobian, v, weights, event_dim: int) -> torch.Tensor:
-    """:func:`_neumann` through a :class:`~pyroflows.nn.lipschitz.Linearization`:
-    the series without a graph, the gradient from ``acc^T (J v)`` by one
-    differentiable Jacobian-vector product (first-order autograd only)."""
+def _neumann(jacobian, v, weights, event_dim: int) -> torch.Tensor:
+    """Value from the series (no graph kept); gradient from ``acc^T J v`` with
+    ``acc^T = v^T sum_k (-1)^k weight_{k+1} J^k`` held fixed, an unbiased
+    estimate of ``tr((I + J)^{-1} dJ)`` (the derivative of the log-det), by one
+    differentiable vector-Jacobian product."""
     with torch.no_grad():
         value, w, acc = v.new_zeros(v.shape[: v.dim() - event_dim]), v, v.clone()
         for k, weight in enumerate(weights, start=1):
@@ -173,5 +164,5 @@ def _neumann_linearized(jacobian, v, weights, event_dim: int) -> torch.Tensor:
             value = value + (-1) ** (k + 1) / k * weight * _event_sum(w * v, event_dim)
             if k < len(weights):
                 acc = acc + (-1) ** k * weights[k] * w
-    surrogate = _event_sum(acc * jacobian.jvp(v), event_dim)
+    surrogate = _event_sum(jacobian.vjp(acc) * v, event_dim)
     return value + surrogate - surrogate.detach()
