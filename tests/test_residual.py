@@ -170,17 +170,32 @@ def test_linearization_matches_autograd():
     assert torch.allclose(jacobian.jvp(v), torch.einsum("bij,bj->bi", jac, v.reshape(10, 3)).view(2, 5, 3))
 
 
+@pytest.fixture
+def conv_block():
+    from pyroflows.transforms import ConvResidual
+
+    torch.manual_seed(6)
+    layer = ConvResidual((2, 4, 4), hidden_channels=8, coeff=0.9).double()
+    with torch.no_grad():
+        for p in layer.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    return layer
+
+
+@pytest.mark.parametrize("kind", ["dense", "conv"])
 @pytest.mark.parametrize("method", ["exact", "series", "roulette"])
 @pytest.mark.parametrize("neumann_gradient", [True, False])
-def test_linearized_estimators_equal_the_autograd_ones(block, method, neumann_gradient):
-    """An MLP's estimators use its ``linearize``; any other callable goes through autograd: same numbers."""
-    y = torch.randn(3, 4, dtype=torch.float64, requires_grad=True)
-    params = [y, *block.net.parameters()]
+def test_linearized_estimators_equal_the_autograd_ones(block, conv_block, kind, method, neumann_gradient):
+    """A network's ``linearize`` (dense or convolutional) gives the numbers autograd gives."""
+    layer, shape = (block, (3, 4)) if kind == "dense" else (conv_block, (3, 2, 4, 4))
+    event_dim = len(layer.event_shape)
+    y = torch.randn(*shape, dtype=torch.float64, requires_grad=True)
+    params = [y, *layer.net.parameters()]
     estimator = LogDetEstimator(method, num_terms=4, neumann_gradient=neumann_gradient)
     results = []
-    for g in (block.net, lambda v, c: block.net(v, c)):
+    for g in (layer.net, lambda v, c: layer.net(v, c)):
         torch.manual_seed(5)
-        gx, log_det = estimator(g, y)
+        gx, log_det = estimator(g, y, event_dim=event_dim)
         grads = torch.autograd.grad((log_det.sum(), gx.square().sum()), params, allow_unused=True)
         results.append([gx, log_det, *[torch.zeros(()) if d is None else d for d in grads]])
     for a, b in zip(*results, strict=True):

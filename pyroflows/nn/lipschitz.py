@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pyroflows.nn.linearization import Linearization
+from pyroflows.nn.linearization import ConvLinearization, Linearization
 
 __all__ = ["LipSwish", "LipschitzConvNet", "LipschitzMLP", "SpectralNormConv2d", "SpectralNormLinear"]
 
@@ -245,3 +245,16 @@ class LipschitzConvNet(nn.Module):
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
         batch = x.shape[:-3]
         return self.net(x.reshape(-1, *x.shape[-3:])).view(*batch, *x.shape[-3:])
+
+    def linearize(self, x: torch.Tensor, context: torch.Tensor | None = None) -> tuple[torch.Tensor, ConvLinearization]:
+        """``g(x)`` and its Jacobian at ``x`` (see :meth:`LipschitzMLP.linearize`)."""
+        batch, shape = x.shape[:-3], x.shape[-3:]
+        weights, slopes, h = [], [], x.reshape(-1, *shape)
+        for layer in self.net:
+            if isinstance(layer, LipSwish):
+                h, slope = layer.forward_and_slope(h)
+                slopes.append(slope.view(*batch, *slope.shape[-3:]))
+            else:
+                weights.append(layer.normalized_weight())
+                h = F.conv2d(h, weights[-1], layer.bias, padding=layer.padding)
+        return h.view(*batch, *shape), ConvLinearization(weights, slopes, shape)

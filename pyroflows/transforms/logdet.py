@@ -103,7 +103,7 @@ def _exact(g, x: torch.Tensor, context: torch.Tensor | None, event_dim: int) -> 
     eye = torch.eye(size, dtype=x.dtype, device=x.device)
     if hasattr(g, "linearize"):  # the Jacobian by matrix products
         gx, jacobian = g.linearize(x, context)
-        return gx, torch.linalg.slogdet(eye + jacobian.matrix(gx.dim() - 1))[1]
+        return gx, torch.linalg.slogdet(eye + jacobian.matrix(gx.dim() - event_dim))[1]
     gx = g(x, context)  # first, outside the functional transforms (spectral norms update here)
     x = x.expand_as(gx)
     batch, event = x.shape[: x.dim() - event_dim], x.shape[x.dim() - event_dim :]
