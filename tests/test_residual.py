@@ -102,10 +102,24 @@ def test_bad_options(kwargs, message):
         LogDetEstimator("hutchinson")
 
 
-def test_sampling_direction_gradients_match_finite_differences():
+class _Opaque(torch.nn.Module):
+    """A network without ``linearize``: everything goes through autograd."""
+
+    def __init__(self, net):
+        super().__init__()
+        self.inner = net
+
+    def forward(self, x, context=None):
+        return self.inner(x, context)
+
+
+@pytest.mark.parametrize("jacobian", ["linearized", "autograd"])
+def test_sampling_direction_gradients_match_finite_differences(jacobian):
     """The fixed-point forward carries the exact implicit gradient."""
     torch.manual_seed(0)
     layer = Residual(3, hidden_dims=(8,), log_det=LogDetEstimator("exact"), atol=1e-13).double()
+    if jacobian == "autograd":
+        layer.net = _Opaque(layer.net)
     for m in layer.modules():
         if isinstance(m, SpectralNormLinear):
             m.tol, m.max_iterations, m.warm_iterations = 1e-15, 5000, 0

@@ -81,7 +81,7 @@ class LogDetEstimator:
         ``x.shape[:-event_dim]`` (broadcast with the context's batch shape)."""
         if self.method == "exact":
             return _exact(g, x, context, event_dim)
-        gx, jacobian = _jacobian(g, x, context)
+        gx, jacobian = network_jacobian(g, x, context)
         weights = self._weights()
         v = self._probe(gx)
         if self.neumann_gradient and torch.is_grad_enabled():
@@ -129,7 +129,7 @@ class _AutogradJacobian:
         return out
 
 
-def _jacobian(g, x: torch.Tensor, context: torch.Tensor | None):
+def network_jacobian(g, x: torch.Tensor, context: torch.Tensor | None):
     """``g(x)`` and its Jacobian: the network's own :class:`~pyroflows.nn.linearization.Linearization`
     (matrix products, first-order autograd only) where it has one, else autograd."""
     if hasattr(g, "linearize"):

@@ -10,7 +10,7 @@ import torch
 
 from pyroflows.nn.lipschitz import LipschitzConvNet, LipschitzMLP
 from pyroflows.transforms.base import ConditionalFlowTransform, FlowTransform
-from pyroflows.transforms.logdet import LogDetEstimator
+from pyroflows.transforms.logdet import LogDetEstimator, network_jacobian
 
 __all__ = ["ConditionalResidual", "ConvResidual", "Residual", "ResidualNotConverged"]
 
@@ -88,28 +88,28 @@ class Residual(FlowTransform):
                 if self.on_failure == "raise":
                     raise ResidualNotConverged(message + "; raise max_iterations or atol, or lower coeff")
                 warnings.warn(message, stacklevel=3)
-        y = self._implicit(x, y, g)
+        y = self._implicit(x, y, context)
         _, log_det = self.estimator(self.net, y, context, len(self.event_shape))
         return y, -log_det
 
-    def _implicit(self, x: torch.Tensor, y_star: torch.Tensor, g) -> torch.Tensor:
+    def _implicit(self, x: torch.Tensor, y_star: torch.Tensor, context) -> torch.Tensor:
         """``y_star`` with the exact implicit gradient: ``dy = (I + J_g)^{-1} (dx - dg)``.
 
         One step ``x - g(y_star)`` carries the graph to ``x`` and the weights; a
         hook maps its incoming gradient ``a`` to ``b = (I + J_g^T)^{-1} a``,
         solved by the fixed point ``b = a - J_g^T b`` (converges: Lip(g) < 1).
         """
-        core = x - g(y_star)
+        core = x - self.net(y_star, context)
         if not core.requires_grad:
             return core
-        leaf = y_star.detach().requires_grad_(True)
-        with torch.enable_grad():
-            g_leaf = g(leaf)
+        with torch.no_grad():
+            _, jacobian = network_jacobian(self.net, y_star.detach(), context)
 
         def solve(grad):
             b = grad
             for _ in range(self.max_iterations):
-                (jtb,) = torch.autograd.grad(g_leaf, leaf, b, retain_graph=True)
+                with torch.no_grad():
+                    jtb = jacobian.vjp(b)
                 new = grad - jtb
                 done = (new - b).abs().max() <= self.atol
                 b = new
