@@ -1,4 +1,4 @@
-"""Jacobians of MLPs as products of their factors, for log-dets and traces
+"""Jacobians of dense and convolutional networks as products of their factors, for log-dets
 without autograd walks (residual flows, continuous flows)."""
 
 from __future__ import annotations

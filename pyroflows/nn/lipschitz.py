@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pyroflows.nn.context import concat_context
 from pyroflows.nn.linearization import ConvLinearization, Linearization
 
 __all__ = ["LipSwish", "LipschitzConvNet", "LipschitzMLP", "SpectralNormConv2d", "SpectralNormLinear"]
@@ -201,19 +202,13 @@ class LipschitzMLP(nn.Module):
         self.net = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
-        if context is not None:
-            batch = torch.broadcast_shapes(x.shape[:-1], context.shape[:-1])
-            x = torch.cat([x.expand(*batch, x.shape[-1]), context.expand(*batch, context.shape[-1])], -1)
-        return self.net(x)
+        return self.net(concat_context(x, context))
 
     def linearize(self, x: torch.Tensor, context: torch.Tensor | None = None) -> tuple[torch.Tensor, Linearization]:
         """``g(x)`` and its Jacobian in ``x`` at ``x`` (one pass; the log-det
         estimators use it instead of autograd, see :class:`Linearization`)."""
         features = x.shape[-1]
-        if context is not None:
-            batch = torch.broadcast_shapes(x.shape[:-1], context.shape[:-1])
-            x = torch.cat([x.expand(*batch, features), context.expand(*batch, context.shape[-1])], -1)
-        weights, slopes, h = [], [], x
+        weights, slopes, h = [], [], concat_context(x, context)
         for layer in self.net:
             if isinstance(layer, LipSwish):
                 h, slope = layer.forward_and_slope(h)

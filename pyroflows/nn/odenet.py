@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pyroflows.nn.context import concat_context
 from pyroflows.nn.linearization import Linearization
 
 __all__ = ["ConcatSquashLinear", "ConcatSquashMLP"]
@@ -23,8 +24,7 @@ class ConcatSquashLinear(nn.Module):
         self.shift = nn.Linear(1, out_features, bias=False)
 
     def forward(self, t: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
-        t = t.reshape(1).to(h)
-        return self.linear(h) * torch.sigmoid(self.gate(t)) + self.shift(t)
+        return F.linear(h, *self.gated(t))
 
     def gated(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The layer at time ``t`` as one affine map: ``(weight, bias)``."""
@@ -62,10 +62,7 @@ class ConcatSquashMLP(nn.Module):
             nn.init.zeros_(p)
 
     def forward(self, t: torch.Tensor, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
-        h = x
-        if context is not None:
-            batch = torch.broadcast_shapes(x.shape[:-1], context.shape[:-1])
-            h = torch.cat([x.expand(*batch, x.shape[-1]), context.expand(*batch, context.shape[-1])], -1)
+        h = concat_context(x, context)
         for i, layer in enumerate(self.layers):
             h = layer(t, h)
             if i < len(self.layers) - 1:
@@ -79,10 +76,7 @@ class ConcatSquashMLP(nn.Module):
         slope = _SLOPES.get(type(self.activation))
         if slope is None:
             return None
-        h, features = x, x.shape[-1]
-        if context is not None:
-            batch = torch.broadcast_shapes(x.shape[:-1], context.shape[:-1])
-            h = torch.cat([x.expand(*batch, features), context.expand(*batch, context.shape[-1])], -1)
+        h, features = concat_context(x, context), x.shape[-1]
         weights, slopes = [], []
         for i, layer in enumerate(self.layers):
             weight, bias = layer.gated(t)

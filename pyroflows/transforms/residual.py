@@ -99,11 +99,12 @@ class Residual(FlowTransform):
         hook maps its incoming gradient ``a`` to ``b = (I + J_g^T)^{-1} a``,
         solved by the fixed point ``b = a - J_g^T b`` (converges: Lip(g) < 1).
         """
-        core = x - self.net(y_star, context)
+        if not torch.is_grad_enabled():
+            return x - self.net(y_star, context)
+        g_star, jacobian = network_jacobian(self.net, y_star, context)  # one pass: the step and the hook's J
+        core = x - g_star
         if not core.requires_grad:
             return core
-        with torch.no_grad():
-            _, jacobian = network_jacobian(self.net, y_star.detach(), context)
 
         def solve(grad):
             b = grad
