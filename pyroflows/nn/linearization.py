@@ -1,5 +1,5 @@
 """Jacobians of dense and convolutional networks as products of their factors, for log-dets
-without autograd walks (residual flows, continuous flows)."""
+and traces without autograd walks (residual flows, continuous flows)."""
 
 from __future__ import annotations
 
