@@ -149,12 +149,16 @@ def nsf(
     variant: str = "coupling",
     mode: str = "maf",
     num_residual_blocks: int = 0,
+    transform_copied: bool = False,
 ):
     """Neural spline flow (arXiv:1906.04032).
 
     Args:
         variant: ``"coupling"`` (both directions one pass per layer; needs
             ``input_dim >= 2``) or ``"autoregressive"``.
+        transform_copied: coupling variant only: each layer also passes its
+            copied half through an unconditional spline with free parameters
+            (see :class:`~pyroflows.transforms.SplineCoupling`).
         mode: for the autoregressive variant, ``"maf"`` (cheap density) or
             ``"iaf"`` (cheap sampling).
     """
@@ -162,13 +166,22 @@ def nsf(
     if variant == "coupling":
         layers = _couplings(
             lambda p: SplineCoupling(
-                input_dim, "alternating", p, hidden_dims, context_dim, count_bins=count_bins, bound=bound
+                input_dim,
+                "alternating",
+                p,
+                hidden_dims,
+                context_dim,
+                count_bins=count_bins,
+                bound=bound,
+                transform_copied=transform_copied,
             ),
             input_dim,
             num_transforms,
         )
         return _compose(layers, context_dim)
     if variant == "autoregressive":
+        if transform_copied:
+            raise ValueError("transform_copied applies to the coupling variant only")
         return _autoregressive(
             lambda: SplineAutoregressive(
                 input_dim, mode, hidden_dims, context_dim, num_residual_blocks, count_bins=count_bins, bound=bound

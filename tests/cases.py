@@ -45,6 +45,13 @@ CASES = [
         inverse_atol_float32=1e-3,
     ),
     TransformCase(
+        "spline_coupling_transform_copied",
+        lambda: T.SplineCoupling(D, mask="half", count_bins=6, bound=3.0, hidden_dims=(16,), transform_copied=True),
+        identity_at_init=True,
+        perturb=0.3,
+        inverse_atol_float32=1e-3,
+    ),
+    TransformCase(
         "affine_autoregressive_iaf",
         lambda: T.AffineAutoregressive(D, mode="iaf", hidden_dims=(16,)),
         identity_at_init=True,
@@ -125,6 +132,13 @@ CASES = [
     TransformCase(
         "cond_spline_coupling",
         lambda: T.ConditionalSplineCoupling(D, C, count_bins=4, bound=3.0, hidden_dims=(16,)),
+        identity_at_init=True,
+        perturb=0.3,
+        inverse_atol_float32=1e-3,
+    ),
+    TransformCase(
+        "cond_spline_coupling_transform_copied",
+        lambda: T.ConditionalSplineCoupling(D, C, count_bins=4, bound=3.0, hidden_dims=(16,), transform_copied=True),
         identity_at_init=True,
         perturb=0.3,
         inverse_atol_float32=1e-3,

@@ -99,3 +99,10 @@ def test_toy_data_rejects_bad_arguments():
         toy_2d("swiss", 10)
     with pytest.raises(ValueError, match="n must be a positive int"):
         toy_2d("moons", 0)
+
+
+def test_nsf_transform_copied_is_for_couplings_only():
+    flow = pyroflows.nsf(4, num_transforms=2, transform_copied=True)
+    assert all(layer.copied_params is not None for layer in flow.parts)
+    with pytest.raises(ValueError, match="coupling variant only"):
+        pyroflows.nsf(4, variant="autoregressive", transform_copied=True)

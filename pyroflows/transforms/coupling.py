@@ -37,6 +37,10 @@ class Coupling(FlowTransform):
         context_dim: optional context size.
         conditioner: replaces the default :class:`DenseNN`; maps
             ``(x_A, context)`` to parameters of shape ``(*, |B|, P)``.
+        transform_copied: also pass the copied elements through an
+            unconditional map of the same kind with free parameters (zero, the
+            identity, at initialisation): ``y_A = tau(x_A; phi)``, and the
+            conditioner reads ``y_A``. Every element then moves in every layer.
     """
 
     def __init__(
@@ -48,6 +52,7 @@ class Coupling(FlowTransform):
         hidden_dims: Sequence[int] = (64, 64),
         context_dim: int | None = None,
         conditioner: nn.Module | None = None,
+        transform_copied: bool = False,
     ) -> None:
         super().__init__((input_dim,), context_dim)
         mask_t = resolve_mask(mask, input_dim, parity)
@@ -62,15 +67,27 @@ class Coupling(FlowTransform):
             context_dim,
             params_major=univariate.params_major,
         )
+        copied_params = torch.zeros(len(self.copied), univariate.num_params) if transform_copied else None
+        self.copied_params = None if copied_params is None else nn.Parameter(copied_params)
+        self.register_buffer("order", torch.cat([self.transformed, self.copied]), persistent=False)
 
     def _couple(self, value, context, inverse):
-        params = self.conditioner(value.index_select(-1, self.copied), context)
-        part = value.index_select(-1, self.transformed)
-        if inverse:
-            out, log_det = self.univariate.inverse(part, params)
-        else:
-            out, log_det = self.univariate.forward(part, params)
-        full = value.expand(*params.shape[:-2], value.shape[-1]).index_copy(-1, self.transformed, out)
+        if self.copied_params is None:
+            params = self.conditioner(value.index_select(-1, self.copied), context)
+            return self._elementwise(value, params, self.transformed, inverse)
+        if inverse:  # the conditioner reads y_A: both halves in one call
+            params = self.conditioner(value.index_select(-1, self.copied), context)
+            return self._elementwise(value, _append_units(params, self.copied_params), self.order, inverse)
+        y, log_det_copied = self._elementwise(value, self.copied_params, self.copied, inverse)
+        params = self.conditioner(y.index_select(-1, self.copied), context)
+        y, log_det = self._elementwise(y, params, self.transformed, inverse)
+        return y, log_det_copied + log_det
+
+    def _elementwise(self, value, params, index, inverse):
+        """The univariate map on ``value[..., index]`` with ``params`` ``(*, len(index), P)``."""
+        part = value.index_select(-1, index)
+        out, log_det = (self.univariate.inverse if inverse else self.univariate.forward)(part, params)
+        full = value.expand(*out.shape[:-1], value.shape[-1]).index_copy(-1, index, out)
         return full, log_det.sum(-1)
 
     def _forward_and_log_det(self, x, context):
@@ -78,6 +95,18 @@ class Coupling(FlowTransform):
 
     def _inverse_and_log_det(self, y, context):
         return self._couple(y, context, inverse=True)
+
+
+def _append_units(params: torch.Tensor, free: torch.Tensor) -> torch.Tensor:
+    """``(*, U, P)`` conditioner output and ``(V, P)`` free parameters as
+    ``(*, U + V, P)``, in the memory layout of ``params`` (usual or parameter-major)."""
+    free = free.expand(*params.shape[:-2], *free.shape)
+    if params.stride(-1) == 1:
+        return torch.cat([params, free], -2)
+    batch = params.dim() - 2
+    to_major = (batch + 1, batch, *range(batch))
+    back = (*range(2, batch + 2), 1, 0)
+    return torch.cat([params.permute(to_major), free.permute(to_major)], 1).permute(back)
 
 
 class AdditiveCoupling(Coupling):
@@ -136,7 +165,10 @@ class SplineCoupling(Coupling):
 
     Transformed elements go through a monotone spline on ``[-bound, bound]``
     with identity tails. Both directions cost one conditioner pass; identity
-    at initialisation.
+    at initialisation. With ``transform_copied=True`` the copied elements also
+    go through splines of their own, free parameters (normflows' NSF layer does
+    the same): in 2-D every layer then moves both coordinates. The density
+    direction runs both halves in one spline call; sampling runs two.
 
     Example:
         >>> layer = SplineCoupling(4, count_bins=8, bound=5.0)
@@ -154,10 +186,11 @@ class SplineCoupling(Coupling):
         conditioner: nn.Module | None = None,
         count_bins: int = 8,
         bound: float = 5.0,
+        transform_copied: bool = False,
         **spline_options,
     ) -> None:
         spline = RationalQuadraticSpline(count_bins, bound, **spline_options)
-        super().__init__(input_dim, spline, mask, parity, hidden_dims, context_dim, conditioner)
+        super().__init__(input_dim, spline, mask, parity, hidden_dims, context_dim, conditioner, transform_copied)
 
 
 class ConditionalAdditiveCoupling(ConditionalFlowTransform):
