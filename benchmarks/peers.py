@@ -7,6 +7,8 @@ installed with ``pip install -e .[bench]``.
 
 from __future__ import annotations
 
+import math
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -15,6 +17,10 @@ import torch
 from torch import nn
 
 import pyroflows
+
+# nflows and normflows warn when a conditioner has no ``hidden_features`` (their
+# residual nets' attribute, by which they scale the bin logits); ours are MLPs.
+warnings.filterwarnings("ignore", "Inputs to the softmax are not scaled down")
 
 LIBRARIES = ("pyroflows", "pyro", "zuko", "nflows", "normflows")
 
@@ -42,9 +48,13 @@ def _pyro_style(flow: nn.Module, dim: int) -> Model:
 def build(
     library: str, kind: str, dim: int, num_transforms: int = 5, hidden: int = 64, bins: int = 8, bound: float = 5.0
 ) -> Model:
-    """``kind`` is ``"nsf"`` (spline coupling), ``"realnvp"`` or ``"maf"``.
-    ``"library@width"`` overrides ``hidden`` (normflows' smallest conditioner has an
-    extra residual layer: ``"normflows@48"`` matches the others' parameter count)."""
+    """``kind`` is ``"nsf"`` (spline coupling), ``"realnvp"`` or ``"maf"``;
+    ``library`` one of :data:`LIBRARIES`, or ``"normflows-own"`` for normflows'
+    own NSF layer (``CoupledRationalQuadraticSpline``: a residual conditioner and
+    an unconditional spline on the copied half, which it cannot turn off).
+    The peers' spline couplings map data to base (Pyro's built-in maps base to
+    data, its only way); pyroflows is built the same: ``spline_direction="data_to_base"``.
+    ``"library@width"`` overrides ``hidden``."""
     if "@" in library:
         library, width = library.split("@")
         hidden = int(width)
@@ -52,7 +62,12 @@ def build(
     if library == "pyroflows":
         if kind == "nsf":
             flow = pyroflows.nsf(
-                dim, num_transforms=num_transforms, hidden_dims=hidden_dims, count_bins=bins, bound=bound
+                dim,
+                num_transforms=num_transforms,
+                hidden_dims=hidden_dims,
+                count_bins=bins,
+                bound=bound,
+                spline_direction="data_to_base",
             )
         elif kind == "realnvp":
             flow = pyroflows.realnvp(dim, num_transforms=num_transforms, hidden_dims=hidden_dims)
@@ -65,9 +80,9 @@ def build(
         return _zuko(kind, dim, num_transforms, hidden_dims, bins, bound)
     if library == "nflows":
         return _nflows(kind, dim, num_transforms, hidden, bins, bound)
-    if library == "normflows":
-        return _normflows(kind, dim, num_transforms, hidden, bins, bound)
-    raise ValueError(f"unknown library {library!r}; expected one of {LIBRARIES}")
+    if library in ("normflows", "normflows-own"):
+        return _normflows(kind, dim, num_transforms, hidden, bins, bound, own=library == "normflows-own")
+    raise ValueError(f"unknown library {library!r}; expected one of {LIBRARIES} or 'normflows-own'")
 
 
 def _pyro_builtin(kind, dim, num_transforms, hidden_dims, bins, bound):
@@ -138,17 +153,19 @@ def _nflows(kind, dim, num_transforms, hidden, bins, bound):
     return Model(flow, flow.log_prob, flow.sample)
 
 
-def _normflows(kind, dim, num_transforms, hidden, bins, bound):
+def _normflows(kind, dim, num_transforms, hidden, bins, bound, own=False):
     import normflows as nf
 
     layers = []
     for i in range(num_transforms):
-        if kind == "nsf":
+        if kind == "nsf" and own:  # normflows' NSF layer, as it ships
             layers.append(
                 nf.flows.CoupledRationalQuadraticSpline(
                     dim, 1, hidden, num_bins=bins, tail_bound=bound, reverse_mask=bool(i % 2)
                 )
             )
+        elif kind == "nsf":
+            layers.append(_normflows_spline_coupling(dim, hidden, bins, bound, reverse_mask=bool(i % 2)))
         elif kind == "realnvp":
             layers.append(
                 nf.flows.MaskedAffineFlow(
@@ -162,3 +179,28 @@ def _normflows(kind, dim, num_transforms, hidden, bins, bound):
             layers.append(nf.flows.Permute(dim, mode="swap"))
     flow = nf.NormalizingFlow(nf.distributions.DiagGaussian(dim, trainable=False), layers)
     return Model(flow, flow.log_prob, lambda n: flow.sample(n)[0])
+
+
+def _normflows_spline_coupling(dim, hidden, bins, bound, reverse_mask):
+    """normflows' spline coupling with the others' architecture: a 64x2 MLP
+    conditioner (identity at initialisation) and no unconditional spline on the
+    copied half (its ``CoupledRationalQuadraticSpline`` hard-codes both)."""
+    import normflows as nf
+    from normflows.flows.neural_spline.coupling import PiecewiseRationalQuadraticCoupling
+    from normflows.utils.splines import DEFAULT_MIN_DERIVATIVE
+
+    class Net(nf.nets.MLP):
+        def forward(self, inputs, context=None):
+            return super().forward(inputs)
+
+    def net(in_features, out_features):
+        mlp = Net([in_features, hidden, hidden, out_features], init_zeros=True)
+        nn.init.constant_(mlp.net[-1].bias, math.log(math.expm1(1 - DEFAULT_MIN_DERIVATIVE)))
+        return mlp
+
+    layer = nf.flows.CoupledRationalQuadraticSpline(dim, 1, hidden, num_bins=bins, tail_bound=bound)
+    mask = (torch.arange(dim) % 2 == int(reverse_mask)).int() * 2 - 1  # > 0: transformed
+    layer.prqct = PiecewiseRationalQuadraticCoupling(
+        mask, net, num_bins=bins, tails="linear", tail_bound=bound, apply_unconditional_transform=False
+    )
+    return layer

@@ -29,6 +29,7 @@ from pyroflows.transforms import (
     ConditionalFlowTransform,
     ContinuousFlow,
     FlowTransform,
+    Inverse,
     LogDetEstimator,
     Residual,
     Reverse,
@@ -139,6 +140,9 @@ def iaf(
     )
 
 
+_SPLINE_DIRECTIONS = ("base_to_data", "data_to_base")
+
+
 def nsf(
     input_dim: int,
     context_dim: int | None = None,
@@ -150,6 +154,7 @@ def nsf(
     mode: str = "maf",
     num_residual_blocks: int = 0,
     transform_copied: bool = False,
+    spline_direction: str = "base_to_data",
 ):
     """Neural spline flow (arXiv:1906.04032).
 
@@ -159,29 +164,40 @@ def nsf(
         transform_copied: coupling variant only: each layer also passes its
             copied half through an unconditional spline with free parameters
             (see :class:`~pyroflows.transforms.SplineCoupling`).
+        spline_direction: coupling variant only: ``"base_to_data"`` (the
+            splines map base to data, Pyro's convention) or ``"data_to_base"``
+            (each layer is an :class:`~pyroflows.transforms.Inverse` coupling:
+            the splines map data to base, as in the NSF paper, nflows, normflows
+            and zuko). Both cost one pass per layer either way; the function
+            classes differ.
         mode: for the autoregressive variant, ``"maf"`` (cheap density) or
             ``"iaf"`` (cheap sampling).
     """
     _check(input_dim, num_transforms)
+    if spline_direction not in _SPLINE_DIRECTIONS:
+        raise ValueError(f"spline_direction must be one of {_SPLINE_DIRECTIONS}, got {spline_direction!r}")
     if variant == "coupling":
+        wrap = Inverse if spline_direction == "data_to_base" else (lambda layer: layer)
         layers = _couplings(
-            lambda p: SplineCoupling(
-                input_dim,
-                "alternating",
-                p,
-                hidden_dims,
-                context_dim,
-                count_bins=count_bins,
-                bound=bound,
-                transform_copied=transform_copied,
+            lambda p: wrap(
+                SplineCoupling(
+                    input_dim,
+                    "alternating",
+                    p,
+                    hidden_dims,
+                    context_dim,
+                    count_bins=count_bins,
+                    bound=bound,
+                    transform_copied=transform_copied,
+                )
             ),
             input_dim,
             num_transforms,
         )
         return _compose(layers, context_dim)
     if variant == "autoregressive":
-        if transform_copied:
-            raise ValueError("transform_copied applies to the coupling variant only")
+        if transform_copied or spline_direction != "base_to_data":
+            raise ValueError("transform_copied and spline_direction apply to the coupling variant only")
         return _autoregressive(
             lambda: SplineAutoregressive(
                 input_dim, mode, hidden_dims, context_dim, num_residual_blocks, count_bins=count_bins, bound=bound

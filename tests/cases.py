@@ -45,6 +45,13 @@ CASES = [
         inverse_atol_float32=1e-3,
     ),
     TransformCase(
+        "inverse_spline_coupling",
+        lambda: T.Inverse(T.SplineCoupling(D, count_bins=6, bound=3.0, hidden_dims=(16,))),
+        identity_at_init=True,
+        perturb=0.3,
+        inverse_atol_float32=1e-3,
+    ),
+    TransformCase(
         "spline_coupling_transform_copied",
         lambda: T.SplineCoupling(D, mask="half", count_bins=6, bound=3.0, hidden_dims=(16,), transform_copied=True),
         identity_at_init=True,
@@ -137,6 +144,15 @@ CASES = [
         inverse_atol_float32=1e-3,
     ),
     TransformCase(
+        "cond_inverse_spline_coupling",
+        lambda: T.ConditionalFlowTransform(
+            T.Inverse(T.SplineCoupling(D, context_dim=C, count_bins=4, bound=3.0, hidden_dims=(16,)))
+        ),
+        identity_at_init=True,
+        perturb=0.3,
+        inverse_atol_float32=1e-3,
+    ),
+    TransformCase(
         "cond_spline_coupling_transform_copied",
         lambda: T.ConditionalSplineCoupling(D, C, count_bins=4, bound=3.0, hidden_dims=(16,), transform_copied=True),
         identity_at_init=True,
@@ -168,6 +184,7 @@ def _init_glow(module):
 
 CASES += [
     TransformCase("squeeze", lambda: T.Squeeze((2, 4, 6))),
+    TransformCase("inverse_squeeze", lambda: T.Inverse(T.Squeeze((2, 4, 6)))),
     TransformCase("unsqueeze", lambda: T.Unsqueeze((8, 2, 3))),
     TransformCase("actnorm_image", lambda: T.ActNorm(IMG), prepare=_init_actnorm),
     TransformCase("invertible_conv1x1", lambda: T.InvertibleConv1x1(IMG, seed=0), perturb=0.3),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import pyro
 import pyro.distributions as dist
 import pytest
@@ -101,8 +103,18 @@ def test_toy_data_rejects_bad_arguments():
         toy_2d("moons", 0)
 
 
-def test_nsf_transform_copied_is_for_couplings_only():
+def test_nsf_coupling_options():
     flow = pyroflows.nsf(4, num_transforms=2, transform_copied=True)
     assert all(layer.copied_params is not None for layer in flow.parts)
+    flow = pyroflows.nsf(4, num_transforms=2, spline_direction="data_to_base")
+    assert all(isinstance(layer, pyroflows.transforms.Inverse) for layer in flow.parts)
     with pytest.raises(ValueError, match="coupling variant only"):
         pyroflows.nsf(4, variant="autoregressive", transform_copied=True)
+    with pytest.raises(ValueError, match="coupling variant only"):
+        pyroflows.nsf(4, variant="autoregressive", spline_direction="data_to_base")
+    with pytest.raises(ValueError, match="spline_direction must be one of"):
+        pyroflows.nsf(4, spline_direction="forward")
+
+
+def test_nsf_data_to_base_learns_a_correlated_gaussian():
+    test_factory_learns_a_correlated_gaussian(functools.partial(pyroflows.nsf, spline_direction="data_to_base"))

@@ -20,6 +20,7 @@ from pyroflows.transforms.coupling import (
     SplineCoupling,
 )
 from pyroflows.transforms.image import ConditionalImageCoupling, GlowStep, ImageCoupling, Squeeze, Unsqueeze
+from pyroflows.transforms.inverse import Inverse
 from pyroflows.transforms.linear import InvertibleConv1x1, LULinear, Permute, Reverse, TriangularAffine
 from pyroflows.transforms.logdet import LogDetEstimator
 from pyroflows.transforms.masks import alternating_mask, checkerboard_mask, half_mask
@@ -56,6 +57,7 @@ __all__ = [
     "ContinuousFlow",
     "Coupling",
     "FlowTransform",
+    "Inverse",
     "LULinear",
     "LogDetEstimator",
     "Permute",
