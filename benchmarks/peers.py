@@ -53,7 +53,7 @@ def build(
     own NSF layer (``CoupledRationalQuadraticSpline``: a residual conditioner and
     an unconditional spline on the copied half, which it cannot turn off).
     The peers' spline couplings map data to base (Pyro's built-in maps base to
-    data, its only way); pyroflows is built the same: ``spline_direction="data_to_base"``.
+    data, its only way); so do pyroflows' (``nsf``'s default ``spline_direction``).
     ``"library@width"`` overrides ``hidden``."""
     if "@" in library:
         library, width = library.split("@")
@@ -67,7 +67,6 @@ def build(
                 hidden_dims=hidden_dims,
                 count_bins=bins,
                 bound=bound,
-                spline_direction="data_to_base",
             )
         elif kind == "realnvp":
             flow = pyroflows.realnvp(dim, num_transforms=num_transforms, hidden_dims=hidden_dims)

@@ -105,9 +105,10 @@ def test_toy_data_rejects_bad_arguments():
 
 def test_nsf_coupling_options():
     flow = pyroflows.nsf(4, num_transforms=2, transform_copied=True)
-    assert all(layer.copied_params is not None for layer in flow.parts)
-    flow = pyroflows.nsf(4, num_transforms=2, spline_direction="data_to_base")
     assert all(isinstance(layer, pyroflows.transforms.Inverse) for layer in flow.parts)
+    assert all(layer.layer.copied_params is not None for layer in flow.parts)
+    flow = pyroflows.nsf(4, num_transforms=2, spline_direction="base_to_data")
+    assert all(isinstance(layer, pyroflows.transforms.SplineCoupling) for layer in flow.parts)
     with pytest.raises(ValueError, match="coupling variant only"):
         pyroflows.nsf(4, variant="autoregressive", transform_copied=True)
     with pytest.raises(ValueError, match="coupling variant only"):
@@ -116,5 +117,5 @@ def test_nsf_coupling_options():
         pyroflows.nsf(4, spline_direction="forward")
 
 
-def test_nsf_data_to_base_learns_a_correlated_gaussian():
-    test_factory_learns_a_correlated_gaussian(functools.partial(pyroflows.nsf, spline_direction="data_to_base"))
+def test_nsf_base_to_data_learns_a_correlated_gaussian():
+    test_factory_learns_a_correlated_gaussian(functools.partial(pyroflows.nsf, spline_direction="base_to_data"))
