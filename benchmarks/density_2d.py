@@ -1,6 +1,7 @@
 """2-D density estimation: test NLL and ms/step against the peers.
 
-Same coupling NSF everywhere (5 transforms, hidden 64x2, 8 bins, bound 5),
+Same coupling NSF everywhere (5 transforms, hidden 64x2 MLP, 8 bins, bound 5,
+splines mapping data to base; Pyro's built-in can only map base to data),
 Adam 1e-3, batch 512, 2000 steps, 20k train / 5k test points per data set.
 
     python benchmarks/density_2d.py                 # full run, seed 0
@@ -8,6 +9,7 @@ Adam 1e-3, batch 512, 2000 steps, 20k train / 5k test points per data set.
     python benchmarks/density_2d.py --steps 50      # smoke run
     python benchmarks/density_2d.py --seeds 1 2 --results density_2d_seeds12
     python benchmarks/density_2d.py --combine density_2d density_2d_seeds12 --results density_2d_3seeds
+    python benchmarks/density_2d.py --combine a b --libraries zuko nflows --results c   # some libraries only
     python benchmarks/density_2d.py --timing --results density_2d_timing   # ms/step only, alternated
 """
 
@@ -37,7 +39,7 @@ def main() -> None:
     if args.timing:
         rows = [row for name in args.datasets for row in timing(name, args.libraries)]
     else:
-        rows = combine(args.combine) if args.combine else run(args)
+        rows = combine(args.combine, args.libraries, args.datasets) if args.combine else run(args)
     for name in {r["dataset"] for r in rows}:
         ours = next((r for r in rows if r["dataset"] == name and r["library"] == "pyroflows"), None)
         peers = [r for r in rows if r["dataset"] == name and r["library"] != "pyroflows"]
@@ -72,11 +74,14 @@ def timing(name: str, libraries: list[str]) -> list[dict]:
     return [{"dataset": name, "library": library, "ms_per_step": ms} for library, ms in medians.items()]
 
 
-def combine(names: list[str]) -> list[dict]:
-    """Pool the per-seed NLLs and timings of several runs (one row per data set and library)."""
+def combine(names: list[str], libraries: list[str], datasets: list[str]) -> list[dict]:
+    """Pool the per-seed NLLs and timings of several runs (one row per data set and
+    library), keeping the rows of ``libraries`` on ``datasets``."""
     pooled: dict[tuple, dict] = {}
     for name in names:
         for row in json.loads((RESULTS / f"{name}.json").read_text())["rows"]:
+            if row["library"] not in libraries or row["dataset"] not in datasets:
+                continue
             nlls = row.get("test_nll_per_seed", [row["test_nll"]])
             entry = pooled.setdefault((row["dataset"], row["library"]), {"nlls": [], "times": []})
             entry["nlls"] += nlls
