@@ -128,3 +128,12 @@ def test_transform_copied_fits_a_copied_marginal_a_plain_coupling_cannot():
         nlls[copied] = -model.log_prob(data).mean().item()
     # a plain coupling leaves the copied element's N(0, 1) marginal as it is
     assert nlls[True] < nlls[False] - 0.15, nlls
+
+
+def test_inverse_needs_a_flow_layer():
+    import pytest
+
+    from pyroflows.transforms import Inverse
+
+    with pytest.raises(TypeError, match="Inverse needs a FlowTransform, got Linear"):
+        Inverse(torch.nn.Linear(2, 2))

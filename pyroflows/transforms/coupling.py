@@ -167,8 +167,8 @@ class SplineCoupling(Coupling):
     with identity tails. Both directions cost one conditioner pass; identity
     at initialisation. With ``transform_copied=True`` the copied elements also
     go through splines of their own, free parameters (normflows' NSF layer does
-    the same): in 2-D every layer then moves both coordinates. The density
-    direction runs both halves in one spline call; sampling runs two.
+    the same): in 2-D every layer then moves both coordinates. The inverse
+    runs both halves in one spline call, the forward two.
 
     Example:
         >>> layer = SplineCoupling(4, count_bins=8, bound=5.0)
