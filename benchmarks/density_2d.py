@@ -42,7 +42,7 @@ def main() -> None:
         rows = combine(args.combine, args.libraries, args.datasets) if args.combine else run(args)
     for name in {r["dataset"] for r in rows}:
         ours = next((r for r in rows if r["dataset"] == name and r["library"] == "pyroflows"), None)
-        peers = [r for r in rows if r["dataset"] == name and r["library"] != "pyroflows"]
+        peers = [r for r in rows if r["dataset"] == name and not r["library"].startswith("pyroflows")]
         if ours is not None and peers:
             if "test_nll" in ours:
                 ours["nll_minus_best_peer"] = ours["test_nll"] - min(r["test_nll"] for r in peers)

@@ -51,7 +51,8 @@ def build(
     """``kind`` is ``"nsf"`` (spline coupling), ``"realnvp"`` or ``"maf"``;
     ``library`` one of :data:`LIBRARIES`, or ``"normflows-own"`` for normflows'
     own NSF layer (``CoupledRationalQuadraticSpline``: a residual conditioner and
-    an unconditional spline on the copied half, which it cannot turn off).
+    an unconditional spline on the copied half, which it cannot turn off), or
+    ``"pyroflows-copied"`` for pyroflows with that spline (``transform_copied=True``).
     The peers' spline couplings map data to base (Pyro's built-in maps base to
     data, its only way); so do pyroflows' (``nsf``'s default ``spline_direction``).
     ``"library@width"`` overrides ``hidden``."""
@@ -59,7 +60,7 @@ def build(
         library, width = library.split("@")
         hidden = int(width)
     hidden_dims = (hidden, hidden)
-    if library == "pyroflows":
+    if library in ("pyroflows", "pyroflows-copied"):
         if kind == "nsf":
             flow = pyroflows.nsf(
                 dim,
@@ -67,6 +68,7 @@ def build(
                 hidden_dims=hidden_dims,
                 count_bins=bins,
                 bound=bound,
+                transform_copied=library == "pyroflows-copied",
             )
         elif kind == "realnvp":
             flow = pyroflows.realnvp(dim, num_transforms=num_transforms, hidden_dims=hidden_dims)
@@ -81,7 +83,7 @@ def build(
         return _nflows(kind, dim, num_transforms, hidden, bins, bound)
     if library in ("normflows", "normflows-own"):
         return _normflows(kind, dim, num_transforms, hidden, bins, bound, own=library == "normflows-own")
-    raise ValueError(f"unknown library {library!r}; expected one of {LIBRARIES} or 'normflows-own'")
+    raise ValueError(f"unknown library {library!r}; expected one of {LIBRARIES}, 'normflows-own' or 'pyroflows-copied'")
 
 
 def _pyro_builtin(kind, dim, num_transforms, hidden_dims, bins, bound):
