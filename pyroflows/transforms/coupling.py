@@ -72,16 +72,14 @@ class Coupling(FlowTransform):
         self.register_buffer("order", torch.cat([self.transformed, self.copied]), persistent=False)
 
     def _couple(self, value, context, inverse):
-        if self.copied_params is None:
-            params = self.conditioner(value.index_select(-1, self.copied), context)
-            return self._elementwise(value, params, self.transformed, inverse)
-        if inverse:  # the conditioner reads y_A: both halves in one call
-            params = self.conditioner(value.index_select(-1, self.copied), context)
+        moves_copied = self.copied_params is not None
+        if moves_copied and not inverse:  # the conditioner reads y_A
+            value, log_det_copied = self._elementwise(value, self.copied_params, self.copied, inverse)
+        params = self.conditioner(value.index_select(-1, self.copied), context)
+        if moves_copied and inverse:  # both halves in one call
             return self._elementwise(value, _append_units(params, self.copied_params), self.order, inverse)
-        y, log_det_copied = self._elementwise(value, self.copied_params, self.copied, inverse)
-        params = self.conditioner(y.index_select(-1, self.copied), context)
-        y, log_det = self._elementwise(y, params, self.transformed, inverse)
-        return y, log_det_copied + log_det
+        y, log_det = self._elementwise(value, params, self.transformed, inverse)
+        return (y, log_det_copied + log_det) if moves_copied else (y, log_det)
 
     def _elementwise(self, value, params, index, inverse):
         """The univariate map on ``value[..., index]`` with ``params`` ``(*, len(index), P)``."""
