@@ -52,15 +52,26 @@ from pyroflows.discrete import (
 from pyroflows.nn.tokens import ConvNet8, SequenceTransformer
 
 LENGTH, VOCAB = 32, 20
+# --pairs: three pair-embedding tables each, so the models keep one size. The flow-matching
+# denoiser reads an order-2 chain's three transition terms around a position; the
+# autoregressive model (inputs shifted by one) reads (x[i-2], x[i-1]) and two further pairs.
+BIDIRECTIONAL_PAIRS = ((-2, -1), (-1, 1), (1, 2))
+CAUSAL_PAIRS = ((-1, 0), (-2, -1), (-2, 0))
 
 
 def build(name: str, args, source: MarkovSource) -> torch.nn.Module:
     if name == "oracle":
         return DiscreteFlowMatcher(ExactMarkovDenoiser(source, LENGTH), MixturePath(VOCAB, "mask"), LENGTH)
     if name == "ar":
-        return AutoregressiveModel(VOCAB, LENGTH, dim=args.dim, depth=args.depth, heads=4)
+        pairs = CAUSAL_PAIRS if args.pairs else ()
+        model = AutoregressiveModel(VOCAB, LENGTH, dim=args.dim, depth=args.depth, heads=4, pairs=pairs)
+        model.net.pair_logit_scale = args.pair_logit_scale
+        return model
     path = MixturePath(VOCAB, name)
-    net = SequenceTransformer(path.input_vocab_size, LENGTH, VOCAB, dim=args.dim, depth=args.depth, heads=4)
+    pairs = BIDIRECTIONAL_PAIRS if args.pairs else ()
+    sizes = {"dim": args.dim, "depth": args.depth, "heads": 4}
+    net = SequenceTransformer(path.input_vocab_size, LENGTH, VOCAB, **sizes, pairs=pairs)
+    net.pair_logit_scale = args.pair_logit_scale
     return DiscreteFlowMatcher(net, path, LENGTH)
 
 
@@ -171,6 +182,8 @@ def main() -> None:
     parser.add_argument("--dim", type=int, default=64)
     parser.add_argument("--depth", type=int, default=3)
     parser.add_argument("--loss", default="ce", choices=["ce", "kl"])
+    parser.add_argument("--pairs", action="store_true", help="pair-embedding tables in every model's stem")
+    parser.add_argument("--pair-logit-scale", type=float, default=10.0, help="multiplier of the pair logit tables")
     parser.add_argument("--concentration", type=float, default=0.3)
     parser.add_argument("--sample-steps", type=int, nargs="+", default=[8, 16, 32, 64, 128])
     parser.add_argument("--num-samples", type=int, default=2000)

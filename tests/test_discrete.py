@@ -295,9 +295,12 @@ def test_save_load_round_trip():
     assert torch.equal(model.logits(x, t), clone.logits(x, t))
 
 
-def test_autoregressive_model_is_normalised_and_causal():
+@pytest.mark.parametrize("pairs", [(), ((-1, 0), (-2, -1), (-2, 0))])
+def test_autoregressive_model_is_normalised_and_causal(pairs):
     torch.manual_seed(0)
-    model = AutoregressiveModel(3, length=4, dim=16, depth=1, heads=2)
+    model = AutoregressiveModel(3, length=4, dim=16, depth=1, heads=2, pairs=pairs)
+    for table in model.net.pair_logits:  # zero at initialisation: give them something to leak
+        nn.init.normal_(table.weight)
     every = torch.tensor(list(itertools.product(range(3), repeat=4)))
     assert torch.allclose(model.log_prob(every).exp().sum(), torch.tensor(1.0), atol=1e-5)
     x = every[:1].clone()
@@ -338,6 +341,27 @@ def test_networks_shapes():
     assert seq(torch.zeros(3, 7, dtype=torch.long), torch.tensor(0.5)).shape == (3, 7, 4)
     with pytest.raises(ValueError, match="reads a time"):
         seq(torch.zeros(3, 7, dtype=torch.long))
+
+
+def test_pair_embeddings_read_the_named_neighbours_and_pad_the_ends():
+    torch.manual_seed(0)
+    net = SequenceTransformer(4, 6, 3, dim=8, depth=1, heads=2, time=False, pairs=((-1, 1),))
+    nn.init.zeros_(net.out.weight)  # leave the direct pair logits alone on the output
+    nn.init.zeros_(net.out.bias)
+    nn.init.normal_(net.pair_logits[0].weight)
+    x = torch.tensor([[0, 1, 2, 3, 0, 1]])
+    y = x.clone()
+    y[0, 3] = 1
+    changed = (net(x) - net(y)).abs().sum(-1)[0].nonzero().flatten().tolist()
+    assert changed == [2, 4]  # the positions whose pair (i - 1, i + 1) holds position 3
+    pad = 4
+    table = net.pair_logit_scale * net.pair_logits[0].weight
+    assert torch.allclose(net(x)[0, 0], table[pad * 5 + 1])  # (off the start, x[1])
+    assert torch.allclose(net(x)[0, 5], table[0 * 5 + pad])  # (x[4], off the end)
+    with pytest.raises(ValueError, match="offset"):
+        SequenceTransformer(4, 6, pairs=((-1, 6),))
+    with pytest.raises(ValueError, match="<= 0"):
+        AutoregressiveModel(3, length=4, pairs=((-1, 1),))
 
 
 def enumerated_posterior(source: MarkovSource, x_t: torch.Tensor) -> torch.Tensor:
@@ -390,3 +414,24 @@ def test_sampler_with_the_exact_markov_denoiser_draws_the_joint():
     coarse = tv(model.sample(n, steps=2, generator=torch.Generator().manual_seed(1), batch_size=n))
     assert fine < 1.5 * reference + 0.005
     assert coarse > 3 * reference
+
+
+def test_pair_tables_learn_the_posterior_between_visible_neighbours():
+    """One masked position, both neighbours on each side visible: an order-2 chain's posterior is a
+    product of three transition terms, one pair table each; single-token embeddings learn it slower."""
+    source, length = MarkovSource(5, order=2, concentration=0.3, seed=0), 8
+    data, test = source.sample(4000, length, seed=1), source.sample(300, length, seed=2)
+    x_t = test.clone()
+    x_t[:, 4] = 5  # the mask
+    exact = ExactMarkovDenoiser(source, length)(x_t)[:, 4].double()
+    kls = {}
+    for pairs in [(), ((-2, -1), (-1, 1), (1, 2))]:
+        torch.manual_seed(0)
+        path = MixturePath(5, "mask")
+        net = SequenceTransformer(6, length, 5, dim=16, depth=1, heads=2, pairs=pairs)
+        model = DiscreteFlowMatcher(net, path, length)
+        train(model, data, 300, batch_size=128, lr=3e-3, seed=0, progress=False)
+        with torch.no_grad():
+            got = model.logits(x_t, torch.ones(len(x_t)))[:, 4].log_softmax(-1).double()
+        kls[pairs] = (exact.exp() * (exact - got)).sum(-1).mean().item()
+    assert kls[((-2, -1), (-1, 1), (1, 2))] < 0.25 * kls[()]  # measured: 0.04 against 0.56

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import nn
 
@@ -14,6 +16,8 @@ __all__ = ["AutoregressiveModel"]
 class AutoregressiveModel(nn.Module):
     """``p(x) = prod_i p(x_i | x_<i)`` by a causal :class:`SequenceTransformer`
     (the same backbone as the flow-matching models, so sizes compare directly).
+    Its inputs are shifted by one (a start symbol first): pair offsets ``(-1, 0)``
+    embed ``(x[i-2], x[i-1])`` at the position predicting ``x[i]``.
 
     Example:
         >>> model = AutoregressiveModel(5, length=6, dim=16, depth=1, heads=2)
@@ -21,10 +25,22 @@ class AutoregressiveModel(nn.Module):
         torch.Size([4])
     """
 
-    def __init__(self, vocab_size: int, length: int, dim: int = 128, depth: int = 4, heads: int = 4) -> None:
+    def __init__(
+        self,
+        vocab_size: int,
+        length: int,
+        dim: int = 128,
+        depth: int = 4,
+        heads: int = 4,
+        pairs: Sequence[tuple[int, int]] = (),
+    ) -> None:
         super().__init__()
         self.vocab_size, self.length = vocab_size, length
-        self.net = SequenceTransformer(vocab_size + 1, length, vocab_size, dim, depth, heads, causal=True, time=False)
+        if any(offset > 0 for pair in pairs for offset in pair):
+            raise ValueError(f"a causal model reads no later positions: pair offsets must be <= 0, got {pairs!r}")
+        self.net = SequenceTransformer(
+            vocab_size + 1, length, vocab_size, dim, depth, heads, causal=True, time=False, pairs=pairs
+        )
 
     def validate_data(self, x: torch.Tensor) -> None:
         check_tokens(x, self.length, self.vocab_size)

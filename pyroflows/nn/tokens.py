@@ -12,6 +12,8 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import nn
 
@@ -34,6 +36,18 @@ class SequenceTransformer(nn.Module):
         kernel: width of a 1-D convolution over the embeddings before the first layer
             (residual; left-padded when causal), a local bias that makes neighbours
             visible from the first step; 0 turns it off.
+        pairs: offset pairs ``(a, b)``; for each, position ``i`` adds a learned
+            embedding of the symbol pair ``(x[i + a], x[i + b])`` (one table over all
+            pairs, positions off the ends read as a padding symbol). A pair table holds
+            any function of two neighbours exactly, which a sum of single-token
+            embeddings cannot: ``((-2, -1), (-1, 1), (1, 2))`` gives a bidirectional
+            model an order-2 chain's three transition terms in one lookup each;
+            ``((-1, 0),)`` gives a causal model (inputs shifted by one) its context.
+            Each pair also adds a table of logits straight to the output (zero at
+            initialisation): log-linear n-gram terms next to the transformer.
+        pair_logit_scale: multiplier of those logit tables. Adam moves a parameter
+            about ``lr`` per step, so at 1 the tables need thousands of steps to reach
+            the log-odds of rare transitions (-8 and below); 10 lets them get there.
     """
 
     def __init__(
@@ -47,13 +61,24 @@ class SequenceTransformer(nn.Module):
         causal: bool = False,
         time: bool = True,
         kernel: int = 5,
+        pairs: Sequence[tuple[int, int]] = (),
+        pair_logit_scale: float = 10.0,
     ) -> None:
         super().__init__()
+        self.pairs = _check_pairs(pairs, length)
         self.vocab_size, self.length, self.causal = vocab_size, length, causal
         self.tokens = nn.Embedding(vocab_size, dim)
         nn.init.normal_(self.tokens.weight, std=0.02)  # on the scale of the positions (as in GPT-2)
         self.positions = nn.Parameter(0.02 * torch.randn(length, dim))
         self.kernel = kernel
+        self.pair_tables = nn.ModuleList(nn.Embedding((vocab_size + 1) ** 2, dim) for _ in self.pairs)
+        for table in self.pair_tables:
+            nn.init.normal_(table.weight, std=0.02)
+        self.pair_logit_scale = pair_logit_scale
+        out_size = out_vocab_size or vocab_size
+        self.pair_logits = nn.ModuleList(nn.Embedding((vocab_size + 1) ** 2, out_size) for _ in self.pairs)
+        for table in self.pair_logits:
+            nn.init.zeros_(table.weight)
         self.conv = nn.Conv1d(dim, dim, kernel) if kernel else None
         self.embed = TimeEmbedding(8) if time else None
         self.time = nn.Sequential(nn.Linear(self.embed.dim, dim), nn.SiLU(), nn.Linear(dim, dim)) if time else None
@@ -70,6 +95,11 @@ class SequenceTransformer(nn.Module):
     def forward(self, x: torch.Tensor, t: torch.Tensor | None = None) -> torch.Tensor:
         check_tokens(x, self.length)
         h = self.tokens(x) + self.positions
+        direct = 0
+        for (a, b), table, logits in zip(self.pairs, self.pair_tables, self.pair_logits, strict=True):
+            index = _shifted(x, a, self.vocab_size) * (self.vocab_size + 1) + _shifted(x, b, self.vocab_size)
+            h = h + table(index)
+            direct = direct + logits(index)
         if self.time is not None:
             if t is None:
                 raise ValueError("this network reads a time t; got None")
@@ -80,7 +110,27 @@ class SequenceTransformer(nn.Module):
             h = h + self.conv(padded).transpose(1, 2)
         mask = self.causal_mask if self.causal else None
         h = self.encoder(h, mask=mask, is_causal=self.causal)
-        return self.out(self.norm(h))
+        return self.out(self.norm(h)) + self.pair_logit_scale * direct
+
+
+def _check_pairs(pairs, length: int) -> tuple[tuple[int, int], ...]:
+    out = tuple(tuple(pair) for pair in pairs)
+    for pair in out:
+        if len(pair) != 2 or not all(isinstance(o, int) and abs(o) < length for o in pair):
+            raise ValueError(f"pairs must hold (offset, offset) ints with |offset| < length {length}, got {pair!r}")
+    return out
+
+
+def _shifted(x: torch.Tensor, offset: int, pad: int) -> torch.Tensor:
+    """``out[:, i] = x[:, i + offset]``, ``pad`` where ``i + offset`` falls off the sequence."""
+    if offset == 0:
+        return x
+    out = torch.full_like(x, pad)
+    if offset > 0:
+        out[:, :-offset] = x[:, offset:]
+    else:
+        out[:, -offset:] = x[:, :offset]
+    return out
 
 
 class ConvNet8(nn.Module):
