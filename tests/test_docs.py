@@ -38,7 +38,8 @@ def test_readme_python_snippets_run(tmp_path, monkeypatch):
     exec(blocks[3].replace("steps=3000)", "steps=20, progress=False)"), namespace)  # noqa: S102
     assert namespace["log_p"].shape == (100,)
     small = blocks[4].replace("steps=2000)", "steps=3, progress=False)").replace("10_000", "300")
-    small = small.replace("SequenceTransformer(21, 32, 20)", "SequenceTransformer(21, 32, 20, dim=16, depth=1)")
+    small = small.replace("SequenceTransformer(21, 32, 20,", "SequenceTransformer(21, 32, 20, dim=16, depth=1,")
+    assert "dim=16" in small  # the README's network is still the one shrunk here
     exec(small, namespace)  # noqa: S102
     assert namespace["sequences"].shape == (100, 32) and namespace["nats_per_token"] > 0
     small = blocks[5].replace("epochs=60", "epochs=1, progress=False").replace("steps_per_scale=8", "steps_per_scale=1")
