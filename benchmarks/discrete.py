@@ -5,7 +5,9 @@ Markov task: an order-2 chain over 20 symbols (transition rows Dirichlet(--conce
 transitions have probability below 1e-4, so the per-token NLL of samples measures single
 rare errors more than fit), seed 0, sequences of 32 tokens, 100k training and 2k test
 sequences. Models share one backbone (``SequenceTransformer``: --dim, --depth, 4 heads)
-and the same wall-time budget (--seconds of training each, Adam --lr, batch 128):
+and the same wall-time budget (--seconds of training each, Adam --lr, batch 128).
+With --pairs every model also gets three neighbour-pair tables (``pairs=`` of
+``SequenceTransformer``; --pair-logit-scale), so the sizes stay equal:
 
 - masked-source and uniform-source discrete flow matching (linear kappa);
 - an autoregressive transformer (the honest baseline: exact NLL);
@@ -25,6 +27,7 @@ Digits task (--digits): a masked-source model with ``ConvNet8`` on 64-token digi
     python benchmarks/discrete.py --models uniform --digits --results discrete_uniform_digits
     python benchmarks/discrete.py --combine discrete_mask_ar discrete_uniform_digits --results discrete
     python benchmarks/discrete.py --models oracle --results discrete_oracle   # the sampler's floor
+    python benchmarks/discrete.py --models mask --pairs --results discrete_pairs_mask    # with pair tables
     python benchmarks/discrete.py --seconds 20 --models mask --sample-steps 8   # smoke run
 """
 
