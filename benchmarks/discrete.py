@@ -108,6 +108,9 @@ def markov_rows(name: str, source: MarkovSource, data, test, args) -> list[dict]
     }
     if name == "mask" and args.iw_samples:
         base.update(iw_samples=args.iw_samples, test_iw_bound_per_token=iw_bound)
+    if name == "mask" and args.posterior_kl:
+        base["posterior_kl"] = posterior_kl(model, source, test)
+        print("posterior KL(model || exact) per masked token:", base["posterior_kl"], flush=True)
     rows = []
     settings = [(None, None)] if name == "ar" else [(steps, None) for steps in args.sample_steps]
     if name != "ar" and args.top_p is not None:
@@ -134,6 +137,24 @@ def markov_rows(name: str, source: MarkovSource, data, test, args) -> list[dict]
         )
         print(rows[-1], flush=True)
     return rows
+
+
+@torch.no_grad()
+def posterior_kl(model, source: MarkovSource, test: torch.Tensor, times=(0.1, 0.3, 0.5, 0.7, 0.9, 0.97)) -> dict:
+    """KL(model || exact posterior) per masked token of test sequences masked at level ``t``: over all
+    masked positions, those whose two neighbours on each side are visible, and the rest."""
+    exact, gen, out = ExactMarkovDenoiser(source, LENGTH), torch.Generator().manual_seed(5), {}
+    for t in times:
+        masked = torch.rand(test.shape, generator=gen) > t  # linear kappa: visible with probability t
+        x_t = torch.where(masked, VOCAB, test)
+        p = exact(x_t).double()
+        q = model.logits(x_t, torch.full((len(x_t),), t)).log_softmax(-1).double()
+        kl = (q.exp() * (q - p)).sum(-1)
+        hidden = torch.nn.functional.pad(masked, (2, 2))  # off the ends counts as visible
+        near = hidden[:, :-4] | hidden[:, 1:-3] | hidden[:, 3:-1] | hidden[:, 4:]
+        groups = {"all": masked, "neighbours_visible": masked & ~near, "neighbour_masked": masked & near}
+        out[str(t)] = {k: kl[m].mean().item() if m.any() else None for k, m in groups.items()}
+    return out
 
 
 def digits_row(args) -> dict:
@@ -192,6 +213,7 @@ def main() -> None:
     parser.add_argument("--num-samples", type=int, default=2000)
     parser.add_argument("--top-p", type=float, default=None, help="also sample with this nucleus (top-p) cut")
     parser.add_argument("--elbo-times", type=int, default=32)
+    parser.add_argument("--posterior-kl", action="store_true", help="masked model: KL to the exact posterior")
     parser.add_argument("--iw-samples", type=int, default=0, help="also the importance-weighted bound (mask source)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--ema", type=float, default=None, help="weight averaging decay for every model")
