@@ -110,7 +110,8 @@ class SequenceTransformer(nn.Module):
             h = h + self.conv(padded).transpose(1, 2)
         mask = self.causal_mask if self.causal else None
         h = self.encoder(h, mask=mask, is_causal=self.causal)
-        return self.out(self.norm(h)) + self.pair_logit_scale * direct
+        logits = self.out(self.norm(h))
+        return logits + self.pair_logit_scale * direct if self.pairs else logits
 
 
 def _check_pairs(pairs, length: int) -> tuple[tuple[int, int], ...]:
