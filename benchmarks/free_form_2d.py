@@ -92,31 +92,39 @@ def run(name: str, dataset: str, steps: int, blocks: int, rnode: tuple[float, fl
         log_prob(train[:512])
     opt = torch.optim.Adam(module.parameters(), lr=1e-3)
     gen = torch.Generator().manual_seed(seed)
-    nfe, start = 0, time.perf_counter()
-    for _ in range(steps):
+    nfe, late_nfe, late_from, start = 0, 0, steps - steps // 10, time.perf_counter()
+    for step in range(steps):
         batch = train[torch.randint(len(train), (512,), generator=gen)]
         loss = -log_prob(batch).mean()
         layers = _ffjord_layers(module)
-        if any(rnode) and layers:
-            for m in layers:
-                reg = m.last_regularization
+        for m in layers:
+            reg = m.last_regularization  # empty unless the flow integrates the penalties
+            if reg:
                 loss = loss + rnode[0] * reg["kinetic"].mean() + rnode[1] * reg["jacobian_frobenius"].mean()
-        nfe += sum(m.last_nfe for m in layers)
+        step_nfe = sum(m.last_nfe for m in layers)
+        nfe += step_nfe
+        late_nfe += step_nfe if step >= late_from else 0
         opt.zero_grad()
         loss.backward()
         opt.step()
     ms = 1000 * (time.perf_counter() - start) / steps
     _exact_eval(module)
+    test_nfe, log_probs = [], []
     with torch.no_grad():
-        nll = -torch.cat([log_prob(chunk) for chunk in test.split(1000)]).mean().item()
-    nfe_per_step = nfe / steps if _ffjord_layers(module) else None  # peers do not expose their NFE
+        for chunk in test.split(1000):
+            log_probs.append(log_prob(chunk))
+            test_nfe.append(sum(m.last_nfe for m in _ffjord_layers(module)))
+    nll = -torch.cat(log_probs).mean().item()
+    cnf = bool(_ffjord_layers(module))  # peers do not expose their NFE
     return {
         "dataset": dataset,
         "model": name,
         "seed": seed,
         "test_nll": nll,
         "ms_per_step": ms,
-        "nfe_per_step": nfe_per_step,
+        "nfe_per_step": nfe / steps if cnf else None,
+        "nfe_last_tenth": late_nfe / (steps - late_from) if cnf else None,
+        "nfe_test": statistics.mean(test_nfe) if cnf else None,
     }
 
 
@@ -143,6 +151,8 @@ def timing(models: list[str], dataset: str, blocks: int) -> list[dict]:
     return [{"dataset": dataset, "model": name, "ms_per_step": ms} for name, ms in medians.items()]
 
 
+# NFE per training step over all steps and over the last tenth, and per test-evaluation solve
+NFE_RATIOS = {"nfe_per_step": "nfe_ratio", "nfe_last_tenth": "nfe_ratio_last_tenth", "nfe_test": "nfe_ratio_test"}
 PAIRS = {  # model -> the reference it is compared with
     "pyroflows-resflow": "normflows-residual",
     "pyroflows-ffjord": "zuko-cnf",
@@ -157,8 +167,8 @@ def summarise(rows: list[dict]) -> list[dict]:
     for dataset, model in keys:
         group = [r for r in rows if (r["dataset"], r["model"]) == (dataset, model)]
         row = {"dataset": dataset, "model": model, "seeds": len(group)}
-        for field in ("test_nll", "ms_per_step", "nfe_per_step"):
-            values = [r[field] for r in group if r[field] is not None]
+        for field in ("test_nll", "ms_per_step", *NFE_RATIOS):
+            values = [r[field] for r in group if r.get(field) is not None]
             row[field] = statistics.mean(values) if values else None
         out.append(row)
     for row in out:
@@ -167,8 +177,9 @@ def summarise(rows: list[dict]) -> list[dict]:
             row["vs"] = ref["model"]
             row["nll_minus_ref"] = row["test_nll"] - ref["test_nll"]
             row["time_ratio"] = row["ms_per_step"] / ref["ms_per_step"]
-            if row["nfe_per_step"] and ref["nfe_per_step"]:
-                row["nfe_ratio"] = row["nfe_per_step"] / ref["nfe_per_step"]
+            for field, ratio in NFE_RATIOS.items():
+                if row.get(field) and ref.get(field):
+                    row[ratio] = row[field] / ref[field]
     return out
 
 
@@ -211,8 +222,8 @@ def main() -> None:
                 rows.append(run(name, dataset, args.steps, args.blocks, weights, seed))
                 print(rows[-1], flush=True)
     summary = summarise(rows)
-    columns = ["dataset", "model", "seeds", "test_nll", "ms_per_step", "nfe_per_step", "vs"]
-    print(table(summary, [*columns, "nll_minus_ref", "time_ratio", "nfe_ratio"]))
+    columns = ["dataset", "model", "seeds", "test_nll", "ms_per_step", *NFE_RATIOS, "vs"]
+    print(table(summary, [*columns, "nll_minus_ref", "time_ratio", *NFE_RATIOS.values()]))
     print("wrote", save(args.results, {"args": vars(args), "summary": summary, "rows": rows}))
 
 
