@@ -7,7 +7,9 @@ rare errors more than fit), seed 0, sequences of 32 tokens, 100k training and 2k
 sequences. Models share one backbone (``SequenceTransformer``: --dim, --depth, 4 heads)
 and the same wall-time budget (--seconds of training each, Adam --lr, batch 128).
 With --pairs every model also gets three neighbour-pair tables (``pairs=`` of
-``SequenceTransformer``; --pair-logit-scale), so the sizes stay equal:
+``SequenceTransformer``; --pair-logit-scale), so the sizes stay equal. --self-condition
+lets the flow-matching models read their own beliefs (``self_condition=`` of
+``DiscreteFlowMatcher``) and --decay decays every model's learning rate (cosine) over its budget:
 
 - masked-source and uniform-source discrete flow matching (linear kappa);
 - an autoregressive transformer (the honest baseline: exact NLL);
@@ -73,9 +75,11 @@ def build(name: str, args, source: MarkovSource) -> torch.nn.Module:
     path = MixturePath(VOCAB, name)
     pairs = BIDIRECTIONAL_PAIRS if args.pairs else ()
     sizes = {"dim": args.dim, "depth": args.depth, "heads": 4}
-    net = SequenceTransformer(path.input_vocab_size, LENGTH, VOCAB, **sizes, pairs=pairs)
+    net = SequenceTransformer(
+        path.input_vocab_size, LENGTH, VOCAB, **sizes, pairs=pairs, self_condition=args.self_condition
+    )
     net.pair_logit_scale = args.pair_logit_scale
-    return DiscreteFlowMatcher(net, path, LENGTH)
+    return DiscreteFlowMatcher(net, path, LENGTH, self_condition=args.self_condition)
 
 
 def markov_rows(name: str, source: MarkovSource, data, test, args) -> list[dict]:
@@ -84,6 +88,7 @@ def markov_rows(name: str, source: MarkovSource, data, test, args) -> list[dict]
     loss = "nll" if name == "ar" else args.loss
     start = time.perf_counter()
     options = {"batch_size": 128, "lr": args.lr, "max_seconds": args.seconds, "progress": False, "ema": args.ema}
+    options["decay"] = args.decay
     losses = [] if name == "oracle" else train(model, data, 10**9, loss=loss, seed=args.seed, **options)
     seconds = time.perf_counter() - start
     model.eval()
@@ -208,6 +213,8 @@ def main() -> None:
     parser.add_argument("--loss", default="ce", choices=["ce", "kl"])
     parser.add_argument("--pairs", action="store_true", help="pair-embedding tables in every model's stem")
     parser.add_argument("--pair-logit-scale", type=float, default=10.0, help="multiplier of the pair logit tables")
+    parser.add_argument("--self-condition", action="store_true", help="flow-matching models read their beliefs")
+    parser.add_argument("--decay", action="store_true", help="cosine learning-rate decay over the budget (all models)")
     parser.add_argument("--concentration", type=float, default=0.3)
     parser.add_argument("--sample-steps", type=int, nargs="+", default=[8, 16, 32, 64, 128])
     parser.add_argument("--num-samples", type=int, default=2000)

@@ -291,3 +291,63 @@ def test_save_load_round_trip():
     clone.load_state_dict(torch.load(buffer))
     x, t = path.sample_source((3, L)), torch.rand(3)
     assert torch.equal(model.logits(x, t), clone.logits(x, t))
+
+
+class BeliefRecorder(ExactPosterior):
+    """The exact posterior, recording the beliefs each call reads (self-conditioning)."""
+
+    def __init__(self, path: MixturePath) -> None:
+        super().__init__(path)
+        self.seen: list[torch.Tensor] = []
+
+    def forward(self, x_t, t, beliefs):
+        self.seen.append(beliefs.clone())
+        return super().forward(x_t, t) + 0 * beliefs.sum()
+
+
+def test_self_conditioning_feeds_back_beliefs_in_logits_training_and_sampling():
+    path = MixturePath(V, "mask")
+    model = DiscreteFlowMatcher(BeliefRecorder(path), path, L, self_condition=True)
+    net = model.net
+    x_t = torch.tensor([[V, 1, V, 0, V, V]] * 3)
+    model.logits(x_t, torch.full((3,), 0.5))  # two calls: zeros, then the first call's beliefs
+    first, second = net.seen
+    assert (first == 0).all()
+    masked = (x_t == V)[..., None]
+    assert torch.allclose(second, torch.where(masked, PI, torch.zeros(V)).expand(3, L, V))
+    net.seen.clear()
+    model.loss(iid_data(400))  # beliefs for about half of the batch, zeros for the rest
+    fed = net.seen[1].flatten(1).abs().sum(-1) > 0
+    assert 120 < fed.sum() < 280 and not net.seen[1].requires_grad
+    net.seen.clear()
+    x = model.sample(500, steps=5, generator=torch.Generator().manual_seed(0))
+    assert len(net.seen) == 5 and (net.seen[0] == 0).all()  # one call per step
+    later = net.seen[-1]
+    assert torch.allclose(later.sum(-1)[later.sum(-1) > 0], torch.ones(())) and (later.sum(-1) == 0).any()
+    freqs = torch.bincount(x.flatten(), minlength=V).double() / x.numel()
+    assert (freqs - PI.double()).abs().max() < 0.03
+
+
+def test_sequence_transformer_reads_beliefs_only_when_built_to():
+    torch.manual_seed(0)
+    net = SequenceTransformer(V + 1, L, V, dim=16, depth=1, heads=2, self_condition=True)
+    x, t = torch.full((2, L), V), torch.rand(2)
+    beliefs = torch.softmax(torch.randn(2, L, V), -1)
+    assert not torch.allclose(net(x, t, beliefs), net(x, t))
+    assert torch.allclose(net(x, t, torch.zeros(2, L, V)), net(x, t))
+    with pytest.raises(ValueError, match=r"beliefs must have shape \(2, 6, 4\)"):
+        net(x, t, beliefs[..., :2])
+    with pytest.raises(ValueError, match="without self_condition"):
+        SequenceTransformer(V + 1, L, V, dim=16, depth=1, heads=2)(x, t, beliefs)
+
+
+def test_training_decays_the_learning_rate_on_a_cosine():
+    torch.manual_seed(0)
+    path = MixturePath(V)
+    model = DiscreteFlowMatcher(SequenceTransformer(path.input_vocab_size, L, V, dim=8, depth=1), path, L)
+    opt = torch.optim.Adam(model.parameters(), lr=0.1)
+    rates = []
+    opt.register_step_pre_hook(lambda o, *_: rates.append(o.param_groups[0]["lr"]))
+    train(model, iid_data(64), 10, optimizer=opt, seed=0, progress=False, decay=True)
+    expected = [0.05 * (1 + math.cos(math.pi * k / 10)) for k in range(10)]
+    assert rates == pytest.approx(expected)

@@ -60,6 +60,12 @@ class DiscreteFlowMatcher(nn.Module):
             logits of shape ``(batch, length, vocab_size)``.
         path: the :class:`MixturePath` (vocabulary, source, scheduler).
         length: sequence length.
+        self_condition: self-conditioning (Chen et al. 2022): the network also reads
+            ``beliefs``, its own earlier posterior probabilities (zero at visible positions
+            of a mask source), as ``net(x_t, t, beliefs)``. Training feeds a first pass's
+            beliefs (no gradient) to half of each batch and zeros to the rest; the sampler
+            feeds the previous step's (one call per step); :meth:`logits` (hence the
+            bounds) makes two calls, the second reading the first's beliefs.
 
     Example:
         >>> from pyroflows.nn.tokens import SequenceTransformer
@@ -70,13 +76,14 @@ class DiscreteFlowMatcher(nn.Module):
         torch.Size([3, 8])
     """
 
-    def __init__(self, net: nn.Module, path: MixturePath, length: int) -> None:
+    def __init__(self, net: nn.Module, path: MixturePath, length: int, self_condition: bool = False) -> None:
         super().__init__()
         if not isinstance(path, MixturePath):
             raise TypeError(f"path must be a MixturePath, got {type(path).__name__}")
         if not isinstance(length, int) or length < 1:
             raise ValueError(f"length must be a positive int, got {length!r}")
         self.net, self.path, self.length = net, path, length
+        self.self_condition = bool(self_condition)
 
     @property
     def vocab_size(self) -> int:
@@ -90,18 +97,41 @@ class DiscreteFlowMatcher(nn.Module):
         check_tokens(x_1, self.length, self.vocab_size)
 
     def logits(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """The network's posterior logits ``(batch, length, vocab_size)`` (shape checked)."""
-        out = self.net(x_t, t)
+        """The network's posterior logits ``(batch, length, vocab_size)`` (shape checked);
+        with self-conditioning, the second of two calls."""
+        out = self._call(x_t, t)
+        return self._call(x_t, t, self._beliefs(out, x_t)) if self.self_condition else out
+
+    def _call(self, x_t: torch.Tensor, t: torch.Tensor, beliefs: torch.Tensor | None = None) -> torch.Tensor:
+        if self.self_condition:
+            beliefs = x_t.new_zeros((*x_t.shape, self.vocab_size), dtype=t.dtype) if beliefs is None else beliefs
+            out = self.net(x_t, t, beliefs)
+        else:
+            out = self.net(x_t, t)
         expected = (*x_t.shape, self.vocab_size)
         if out.shape != expected:
             raise ValueError(f"the network must return logits of shape {expected}, got {tuple(out.shape)}")
         return out
 
+    def _beliefs(self, logits: torch.Tensor, x_t: torch.Tensor) -> torch.Tensor:
+        """Posterior probabilities (no gradient), zero where a mask source shows the token."""
+        probs = logits.detach().softmax(-1)
+        if self.path.source == "mask":
+            probs = probs * (x_t == self.path.mask_token)[..., None]
+        return probs
+
     # -- training -----------------------------------------------------------------
-    def _position_terms(self, x_1: torch.Tensor, t: torch.Tensor, kind: str) -> torch.Tensor:
-        """Per-position loss terms ``(batch, length)`` at times ``t`` (one per sequence)."""
+    def _position_terms(self, x_1: torch.Tensor, t: torch.Tensor, kind: str, train: bool = False) -> torch.Tensor:
+        """Per-position loss terms ``(batch, length)`` at times ``t`` (one per sequence);
+        ``train``: self-conditioning on a random half of the batch."""
         x_t = self.path.sample(self.path.sample_source(x_1.shape, x_1.device), x_1, t)
-        log_p = self.logits(x_t, t).log_softmax(-1)
+        if train and self.self_condition:
+            with torch.no_grad():
+                half = (torch.rand(len(x_t), device=x_t.device) < 0.5)[:, None, None]
+                beliefs = self._beliefs(self._call(x_t, t), x_t) * half
+            log_p = self._call(x_t, t, beliefs).log_softmax(-1)
+        else:
+            log_p = self.logits(x_t, t).log_softmax(-1)
         log_p_data = log_p.gather(-1, x_1[..., None]).squeeze(-1)
         if self.path.source == "mask":  # unmasked positions are copied: no loss there
             masked = x_t == self.path.mask_token
@@ -122,7 +152,7 @@ class DiscreteFlowMatcher(nn.Module):
 
     def _loss(self, x_1: torch.Tensor, kind: str) -> torch.Tensor:
         t = torch.rand(len(x_1), device=x_1.device)
-        return self._position_terms(x_1, t, kind).mean()
+        return self._position_terms(x_1, t, kind, train=True).mean()
 
     @torch.no_grad()
     def elbo(self, x_1: torch.Tensor, num_times: int = 32, batch_size: int = 512) -> torch.Tensor:
@@ -226,13 +256,14 @@ class DiscreteFlowMatcher(nn.Module):
     def _sample(self, num, steps, temperature, top_k, top_p, corrector, generator) -> torch.Tensor:
         device = self._device()
         x = self.path.sample_source((num, self.length), device, generator)
-        mask = self.path.mask_token
+        mask, beliefs = self.path.mask_token, None
         for k in range(steps):
             t = torch.full((num,), k / steps, device=device)
             h = 1.0 / steps
             beta = corrector * t[0] * (1 - t[0])
             p_jump = 1.0 if k == steps - 1 else (h * (1 + beta) * self.path.jump_rate(t[0])).clamp(max=1.0)
-            logits = _filter_logits(self.logits(x, t) / temperature, top_k, top_p)
+            raw, x_read = self._call(x, t, beliefs), x  # self-conditioning: the previous step's beliefs
+            logits = _filter_logits(raw / temperature, top_k, top_p)
             proposal = _gumbel_sample(logits, generator)
             u = torch.rand(x.shape, generator=generator, device=device)
             move = u < p_jump
@@ -244,4 +275,8 @@ class DiscreteFlowMatcher(nn.Module):
                     p_back = (h * beta * d_kappa / kappa.clamp(min=1e-12)).clamp(max=1.0)
                     x = torch.where(unmasked & (u < p_back), torch.full_like(x, mask), x)
             x = torch.where(move, proposal, x)
+            if self.self_condition:  # kept where still masked, and read masked (not re-masked by the corrector)
+                beliefs = (
+                    self._beliefs(raw, x_read) * (x == mask)[..., None] if mask is not None else self._beliefs(raw, x)
+                )
         return x

@@ -26,6 +26,7 @@ def train(
     max_seconds: float | None = None,
     progress: bool = True,
     ema: float | None = None,
+    decay: bool = False,
 ) -> list[float]:
     """Adam on ``model.loss(batch, loss)`` over random minibatches of ``data`` (int64 rows).
 
@@ -33,7 +34,9 @@ def train(
     or ``"kl"``) and :class:`~pyroflows.discrete.AutoregressiveModel` (``"nll"``).
     Stops after ``steps`` steps or ``max_seconds`` of wall time, whichever comes
     first. With ``ema`` the model ends with an exponential moving average of its
-    weights (:class:`~pyroflows.nn.ema.WeightAverage`). Raises
+    weights (:class:`~pyroflows.nn.ema.WeightAverage`). With ``decay`` each learning
+    rate follows a cosine from its initial value to zero over the run, whose progress is the larger
+    of the step fraction and the fraction of ``max_seconds`` spent. Raises
     :class:`~pyroflows.infer.fit.NonFiniteLossError` on a NaN/Inf loss.
     Returns the losses."""
     if not isinstance(steps, int) or steps < 1:
@@ -44,11 +47,18 @@ def train(
     model.loss(data[:1], loss)  # checks the loss name once
     average = None if ema is None else WeightAverage([p for p in model.parameters() if p.requires_grad], ema)
     opt = optimizer or torch.optim.Adam(model.parameters(), lr=lr)
+    base_rates = [group["lr"] for group in opt.param_groups]
     gen = torch.Generator().manual_seed(seed if seed is not None else int(torch.randint(2**31, ())))
     losses: list[float] = []
     start = time.perf_counter()
     bar = tqdm(range(steps), disable=not progress, desc="discrete flow matching")
     for step in bar:
+        if decay:
+            done = (
+                step / steps if max_seconds is None else max(step / steps, (time.perf_counter() - start) / max_seconds)
+            )
+            for group, base in zip(opt.param_groups, base_rates, strict=True):
+                group["lr"] = base * 0.5 * (1 + math.cos(math.pi * min(done, 1.0)))
         idx = torch.randint(len(data), (min(batch_size, len(data)),), generator=gen).to(data.device)
         objective = model._loss(data[idx], loss)
         value = objective.item()

@@ -48,6 +48,9 @@ class SequenceTransformer(nn.Module):
         pair_logit_scale: multiplier of those logit tables. Adam moves a parameter
             about ``lr`` per step, so at 1 the tables need thousands of steps to reach
             the log-odds of rare transitions (-8 and below); 10 lets them get there.
+        self_condition: also read ``beliefs``, per-position probabilities over the
+            ``out_vocab_size`` classes (a previous prediction; self-conditioning, Chen et
+            al. 2022), through a linear embedding added to the tokens'.
     """
 
     def __init__(
@@ -63,6 +66,7 @@ class SequenceTransformer(nn.Module):
         kernel: int = 5,
         pairs: Sequence[tuple[int, int]] = (),
         pair_logit_scale: float = 10.0,
+        self_condition: bool = False,
     ) -> None:
         super().__init__()
         self.pairs = _check_pairs(pairs, length)
@@ -76,6 +80,7 @@ class SequenceTransformer(nn.Module):
             nn.init.normal_(table.weight, std=0.02)
         self.pair_logit_scale = pair_logit_scale
         out_size = out_vocab_size or vocab_size
+        self.beliefs = nn.Linear(out_size, dim, bias=False) if self_condition else None
         self.pair_logits = nn.ModuleList(nn.Embedding((vocab_size + 1) ** 2, out_size) for _ in self.pairs)
         for table in self.pair_logits:
             nn.init.zeros_(table.weight)
@@ -92,9 +97,18 @@ class SequenceTransformer(nn.Module):
             mask = nn.Transformer.generate_square_subsequent_mask(length)
             self.register_buffer("causal_mask", mask, persistent=False)
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, t: torch.Tensor | None = None, beliefs: torch.Tensor | None = None
+    ) -> torch.Tensor:
         check_tokens(x, self.length)
         h = self.tokens(x) + self.positions
+        if beliefs is not None:
+            if self.beliefs is None:
+                raise ValueError("this network was built without self_condition; got beliefs")
+            expected = (*x.shape, self.beliefs.in_features)
+            if beliefs.shape != expected:
+                raise ValueError(f"beliefs must have shape {expected}, got {tuple(beliefs.shape)}")
+            h = h + self.beliefs(beliefs.to(h))
         direct = 0
         for (a, b), table, logits in zip(self.pairs, self.pair_tables, self.pair_logits, strict=True):
             index = _shifted(x, a, self.vocab_size) * (self.vocab_size + 1) + _shifted(x, b, self.vocab_size)
