@@ -113,6 +113,9 @@ def markov_rows(name: str, source: MarkovSource, data, test, args) -> list[dict]
     }
     if name == "mask" and args.iw_samples:
         base.update(iw_samples=args.iw_samples, test_iw_bound_per_token=iw_bound)
+    if name == "mask" and args.trajectory:
+        base["trajectory"] = trajectory_terms(model, source)
+        print("along the sampler's path, per token:", base["trajectory"], flush=True)
     if name == "mask" and args.posterior_kl:
         base["posterior_kl"] = posterior_kl(model, source, test)
         print("posterior KL(model || exact) per masked token:", base["posterior_kl"], flush=True)
@@ -159,6 +162,46 @@ def posterior_kl(model, source: MarkovSource, test: torch.Tensor, times=(0.1, 0.
         near = hidden[:, :-4] | hidden[:, 1:-3] | hidden[:, 3:-1] | hidden[:, 4:]
         groups = {"all": masked, "neighbours_visible": masked & ~near, "neighbour_masked": masked & near}
         out[str(t)] = {k: kl[m].mean().item() if m.any() else None for k, m in groups.items()}
+    return out
+
+
+class _Recorder(torch.nn.Module):
+    """Wraps a network and keeps every call's input and log-posterior."""
+
+    def __init__(self, net) -> None:
+        super().__init__()
+        self.net, self.calls = net, []
+
+    def forward(self, x_t, t, *beliefs):
+        out = self.net(x_t, t, *beliefs)
+        self.calls.append((x_t.clone(), out.log_softmax(-1)))
+        return out
+
+
+@torch.no_grad()
+def trajectory_terms(model, source: MarkovSource, num: int = 1000, steps: int = 64) -> dict:
+    """Per token of masked-model samples: for each drawn token, at the step that drew it, the true
+    source's NLL of the draw (``cross_entropy``), the model's and the exact posterior's entropies and
+    their KL. Summed over a sequence the cross-entropy is the samples' true NLL when one position
+    moves per step; ``exact_entropy`` above the entropy rate measures contexts the model led astray."""
+    exact, net = ExactMarkovDenoiser(source, LENGTH), model.net
+    model.net = recorder = _Recorder(net)
+    try:
+        final = model.sample(num, steps=steps, generator=torch.Generator().manual_seed(1))
+    finally:
+        model.net = net
+    calls = recorder.calls  # one call per step
+    totals = dict.fromkeys(("cross_entropy", "model_entropy", "exact_entropy", "kl"), 0.0)
+    for k, (x_t, q) in enumerate(calls):
+        after = calls[k + 1][0] if k + 1 < len(calls) else final
+        moved = (x_t == VOCAB) & (after != VOCAB)
+        q, p = q[moved].double(), exact(x_t)[moved].double()
+        totals["cross_entropy"] -= (q.exp() * p).sum().item()
+        totals["model_entropy"] -= (q.exp() * q).sum().item()
+        totals["exact_entropy"] -= (p.exp() * p).sum().item()
+        totals["kl"] += (q.exp() * (q - p)).sum().item()
+    out = {key: value / final.numel() for key, value in totals.items()}
+    out["sample_nll"] = -source.log_prob(final).mean().item() / LENGTH
     return out
 
 
@@ -221,6 +264,7 @@ def main() -> None:
     parser.add_argument("--top-p", type=float, default=None, help="also sample with this nucleus (top-p) cut")
     parser.add_argument("--elbo-times", type=int, default=32)
     parser.add_argument("--posterior-kl", action="store_true", help="masked model: KL to the exact posterior")
+    parser.add_argument("--trajectory", action="store_true", help="masked model: KL and entropies along 64 steps")
     parser.add_argument("--iw-samples", type=int, default=0, help="also the importance-weighted bound (mask source)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--ema", type=float, default=None, help="weight averaging decay for every model")
