@@ -337,6 +337,8 @@ def test_sequence_transformer_reads_beliefs_only_when_built_to():
     assert torch.allclose(net(x, t, torch.zeros(2, L, V)), net(x, t))
     with pytest.raises(ValueError, match=r"beliefs must have shape \(2, 6, 4\)"):
         net(x, t, beliefs[..., :2])
+    with pytest.raises(TypeError, match="takes no beliefs"):
+        DiscreteFlowMatcher(ExactPosterior(MixturePath(V)), MixturePath(V), L, self_condition=True)
     with pytest.raises(ValueError, match="without self_condition"):
         SequenceTransformer(V + 1, L, V, dim=16, depth=1, heads=2)(x, t, beliefs)
 

@@ -19,6 +19,7 @@ their token (the posterior there is a point mass), so only masked positions coun
 
 from __future__ import annotations
 
+import inspect
 import math
 
 import torch
@@ -44,6 +45,11 @@ def _filter_logits(logits: torch.Tensor, top_k: int | None, top_p: float | None)
         drop = (mass_before >= top_p).scatter(-1, order, mass_before >= top_p)
         logits = logits.masked_fill(drop, -torch.inf)
     return logits
+
+
+def _takes_beliefs(net: nn.Module) -> bool:
+    params = list(inspect.signature(net.forward).parameters.values())
+    return len(params) >= 3 or any(p.kind is inspect.Parameter.VAR_POSITIONAL for p in params)
 
 
 def _gumbel_sample(logits: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
@@ -84,6 +90,8 @@ class DiscreteFlowMatcher(nn.Module):
             raise ValueError(f"length must be a positive int, got {length!r}")
         self.net, self.path, self.length = net, path, length
         self.self_condition = bool(self_condition)
+        if self.self_condition and not _takes_beliefs(net):
+            raise TypeError(f"self_condition needs net(x_t, t, beliefs); {type(net).__name__}.forward takes no beliefs")
 
     @property
     def vocab_size(self) -> int:
