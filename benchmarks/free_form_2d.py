@@ -92,11 +92,11 @@ def run(name: str, dataset: str, steps: int, blocks: int, rnode: tuple[float, fl
         log_prob(train[:512])
     opt = torch.optim.Adam(module.parameters(), lr=1e-3)
     gen = torch.Generator().manual_seed(seed)
+    layers = _ffjord_layers(module)  # peers expose no NFE
     nfe, late_nfe, late_from, start = 0, 0, steps - steps // 10, time.perf_counter()
     for step in range(steps):
         batch = train[torch.randint(len(train), (512,), generator=gen)]
         loss = -log_prob(batch).mean()
-        layers = _ffjord_layers(module)
         for m in layers:
             reg = m.last_regularization  # empty unless the flow integrates the penalties
             if reg:
@@ -113,9 +113,9 @@ def run(name: str, dataset: str, steps: int, blocks: int, rnode: tuple[float, fl
     with torch.no_grad():
         for chunk in test.split(1000):
             log_probs.append(log_prob(chunk))
-            test_nfe.append(sum(m.last_nfe for m in _ffjord_layers(module)))
+            test_nfe.append(sum(m.last_nfe for m in layers))
     nll = -torch.cat(log_probs).mean().item()
-    cnf = bool(_ffjord_layers(module))  # peers do not expose their NFE
+    cnf = bool(layers)
     return {
         "dataset": dataset,
         "model": name,

@@ -134,9 +134,10 @@ class DiscreteFlowMatcher(nn.Module):
         ``train``: self-conditioning on a random half of the batch."""
         x_t = self.path.sample(self.path.sample_source(x_1.shape, x_1.device), x_1, t)
         if train and self.self_condition:
-            with torch.no_grad():
-                half = (torch.rand(len(x_t), device=x_t.device) < 0.5)[:, None, None]
-                beliefs = self._beliefs(self._call(x_t, t), x_t) * half
+            beliefs = x_t.new_zeros((*x_t.shape, self.vocab_size), dtype=t.dtype)
+            half = torch.rand(len(x_t), device=x_t.device) < 0.5
+            with torch.no_grad():  # the first pass only where its beliefs are used
+                beliefs[half] = self._beliefs(self._call(x_t[half], t[half]), x_t[half])
             log_p = self._call(x_t, t, beliefs).log_softmax(-1)
         else:
             log_p = self.logits(x_t, t).log_softmax(-1)
