@@ -120,26 +120,36 @@ def markov_rows(name: str, source: MarkovSource, data, test, args) -> list[dict]
         base["posterior_kl"] = posterior_kl(model, source, test)
         print("posterior KL(model || exact) per masked token:", base["posterior_kl"], flush=True)
     rows = []
-    settings = [(None, None)] if name == "ar" else [(steps, None) for steps in args.sample_steps]
+    settings = [(None, None, None)] if name == "ar" else [(steps, None, None) for steps in args.sample_steps]
     if name != "ar" and args.top_p is not None:
-        settings += [(steps, args.top_p) for steps in args.sample_steps]
-    for steps, top_p in settings:
+        settings += [(steps, args.top_p, None) for steps in args.sample_steps]
+    if name in ("mask", "oracle"):
+        settings += [(steps, None, order) for order in args.orders for steps in args.sample_steps]
+    for steps, top_p, order in settings:
         gen = torch.Generator().manual_seed(args.seed + 1)
         start = time.perf_counter()
+        extra = {}
         if name == "ar":
             x = model.sample(args.num_samples, generator=gen)
         else:
-            x = model.sample(args.num_samples, steps=steps, top_p=top_p, generator=gen)
+            x = model.sample(args.num_samples, steps=steps, top_p=top_p, order=order, generator=gen)
         sample_seconds = time.perf_counter() - start
+        if order in ("entropy", "confidence"):  # the sampler's exact likelihood, on its draws and on test data
+            log_q, log_p = model.ordered_log_prob(x, steps, order), source.log_prob(x)
+            extra = {"sample_entropy_per_token": -log_q.mean().item() / LENGTH}
+            extra["sample_kl_per_token"] = (log_q - log_p).mean().item() / LENGTH
+            extra["ordered_test_nll_per_token"] = -model.ordered_log_prob(test, steps, order).mean().item() / LENGTH
         nll = -source.log_prob(x).mean().item() / LENGTH
         rows.append(
             {
                 **base,
                 "sample_steps": steps if steps is not None else LENGTH,
                 "top_p": top_p,
+                "order": order,
                 "sample_nll_per_token": nll,
                 "sample_nll_over_entropy": nll / truth,
                 "bigram_tv": ngram_distance(x, test, 2, VOCAB),
+                **extra,
                 "sample_seconds": sample_seconds,
             }
         )
@@ -262,6 +272,8 @@ def main() -> None:
     parser.add_argument("--sample-steps", type=int, nargs="+", default=[8, 16, 32, 64, 128])
     parser.add_argument("--num-samples", type=int, default=2000)
     parser.add_argument("--top-p", type=float, default=None, help="also sample with this nucleus (top-p) cut")
+    orders = ["random", "entropy", "confidence"]
+    parser.add_argument("--orders", nargs="*", default=[], choices=orders, help="masked model: also ordered unmasking")
     parser.add_argument("--elbo-times", type=int, default=32)
     parser.add_argument("--posterior-kl", action="store_true", help="masked model: KL to the exact posterior")
     parser.add_argument("--trajectory", action="store_true", help="masked model: KL and entropies along 64 steps")
@@ -290,8 +302,9 @@ def main() -> None:
                 row["iw_bound_over_ar_nll"] = row["test_iw_bound_per_token"] / ar["test_bound_per_token"]
     markov = [r for r in rows if r["task"] == "markov"]
     columns = ["model", "params", "train_steps", "test_bound_per_token", "bound_over_ar_nll"]
-    columns += ["test_iw_bound_per_token", "iw_bound_over_ar_nll", "sample_steps", "top_p"]
+    columns += ["test_iw_bound_per_token", "iw_bound_over_ar_nll", "sample_steps", "top_p", "order"]
     columns += ["sample_nll_per_token", "true_entropy_per_token", "sample_nll_over_entropy", "bigram_tv"]
+    columns += ["sample_entropy_per_token", "sample_kl_per_token", "ordered_test_nll_per_token"]
     print(table(markov, [*columns, "sample_seconds"]))
     digits = [r for r in rows if r["task"] == "digits"]
     if digits:

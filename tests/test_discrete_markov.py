@@ -90,6 +90,17 @@ def test_sampler_with_the_exact_markov_denoiser_draws_the_joint():
     coarse = tv(model.sample(n, steps=2, generator=torch.Generator().manual_seed(1), batch_size=n))
     assert fine < 1.5 * reference + 0.005
     assert coarse > 3 * reference
+    for order in ("random", "entropy", "confidence"):  # one position per step: exact in any order
+        gen = torch.Generator().manual_seed(1)
+        assert tv(model.sample(n, steps=length, order=order, generator=gen, batch_size=n)) < 1.5 * reference + 0.005
+
+
+@pytest.mark.parametrize("order", ["entropy", "confidence"])
+def test_ordered_log_prob_with_the_exact_markov_denoiser_is_the_source_likelihood(order):
+    source = MarkovSource(5, order=2, concentration=0.3, seed=0)
+    model = DiscreteFlowMatcher(ExactMarkovDenoiser(source, 8), MixturePath(5, "mask"), 8)
+    x = source.sample(50, 8, seed=1)
+    assert torch.allclose(model.ordered_log_prob(x, order=order).double(), source.log_prob(x), atol=1e-4)
 
 
 def test_pair_tables_learn_the_posterior_between_visible_neighbours():
