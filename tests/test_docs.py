@@ -63,6 +63,7 @@ def test_discrete_page_example_runs():
     namespace: dict = {}
     exec(block.replace("steps=500", "steps=5").replace("10_000", "500"), namespace)  # noqa: S102 - our own docs
     assert namespace["samples"].shape == (500, 32) and namespace["elbo"] > 0
+    assert namespace["ordered"].shape == (500, 32) and namespace["kl"] > 0
 
 
 def test_images_page_example_runs(tmp_path, monkeypatch):

@@ -78,6 +78,7 @@ def test_discrete_flow_matching_tutorial_learns_markov_source_and_digits(tmp_pat
     # a short run: the ELBO bounds the true entropy, and digits (quick to learn) beat the uniform model
     assert results["true entropy / token"] - 0.05 < results["test ELBO / token"] < 1.02 * math.log(20)
     assert math.isfinite(results["sample NLL / token"]) and results["bigram TV to test"] < 0.5
+    assert 0 < results["ordered KL to source / token"] < results["ordered sample NLL / token"]
     assert results["digits test ELBO / pixel"] < 0.8 * math.log(17)
     assert out.stat().st_size > 5_000
 
