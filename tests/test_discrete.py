@@ -393,6 +393,12 @@ def test_self_conditioning_feeds_back_beliefs_in_logits_training_and_sampling():
     assert torch.allclose(later.sum(-1)[later.sum(-1) > 0], torch.ones(())) and (later.sum(-1) == 0).any()
     freqs = torch.bincount(x.flatten(), minlength=V).double() / x.numel()
     assert (freqs - PI.double()).abs().max() < 0.03
+    net.seen.clear()
+    model.sample(50, steps=L, order="entropy")  # ordered: the previous call's beliefs, zero where drawn
+    assert len(net.seen) == L and (net.seen[0] == 0).all()
+    for k, beliefs in enumerate(net.seen[1:], start=1):
+        mass = beliefs.sum(-1)
+        assert ((mass == 0).sum(-1) == k).all() and torch.allclose(mass[mass > 0], torch.ones(()))
 
 
 def test_sequence_transformer_reads_beliefs_only_when_built_to():
