@@ -258,8 +258,8 @@ class DiscreteFlowMatcher(nn.Module):
         Ordered unmasking (``order`` one of ``"random"``, ``"entropy"``, ``"confidence"``):
         after step ``k`` exactly ``round(length * kappa_{(k+1)/steps})`` positions are
         visible; each step unmasks the masked positions due, chosen at random, by the
-        lowest posterior entropy, or by the highest top probability, and draws their tokens
-        from the posterior. A chosen position's token is still drawn, never taken as the
+        lowest posterior entropy, or by the highest top probability (of the tempered, filtered
+        posterior), and draws their tokens from that posterior. A chosen position's token is still drawn, never taken as the
         mode, so with an exact posterior and ``steps >= length`` (one position per step) every
         order samples the data's joint law exactly: the chain rule holds for any order that
         depends only on the positions already drawn (Zheng et al. 2024 for the random order;
