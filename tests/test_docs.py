@@ -42,6 +42,7 @@ def test_readme_python_snippets_run(tmp_path, monkeypatch):
     assert "dim=16" in small  # the README's network is still the one shrunk here
     exec(small, namespace)  # noqa: S102
     assert namespace["sequences"].shape == (100, 32) and namespace["nats_per_token"] > 0
+    assert namespace["ordered"].shape == (100, 32) and namespace["exact_nats_per_token"] > 0
     small = blocks[5].replace("epochs=60", "epochs=1, progress=False").replace("steps_per_scale=8", "steps_per_scale=1")
     exec(small, namespace)  # noqa: S102
     assert 0 < namespace["bits"] < 4.5 and (tmp_path / "glow_samples.png").exists()
