@@ -259,10 +259,11 @@ class DiscreteFlowMatcher(nn.Module):
         after step ``k`` exactly ``round(length * kappa_{(k+1)/steps})`` positions are
         visible; each step unmasks the masked positions due, chosen at random, by the
         lowest posterior entropy, or by the highest top probability (of the tempered, filtered
-        posterior), and draws their tokens from that posterior. A chosen position's token is still drawn, never taken as the
-        mode, so with an exact posterior and ``steps >= length`` (one position per step) every
-        order samples the data's joint law exactly: the chain rule holds for any order that
-        depends only on the positions already drawn (Zheng et al. 2024 for the random order;
+        posterior), and draws their tokens from that posterior. A chosen position's token is
+        still drawn, never taken as the mode, so with an exact posterior and
+        ``steps >= length`` (one position per step) every order samples the data's joint
+        law exactly: the chain rule holds for any order that depends only on the tokens
+        already drawn (Zheng et al. 2024 for the random order;
         Kim et al. 2025 for adaptive ones). Steps that unmask nothing make no network call,
         so a sample costs ``min(steps, length)`` calls with a linear ``kappa``.
         """
