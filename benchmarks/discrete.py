@@ -54,6 +54,7 @@ from pyroflows.discrete import (
     ngram_distance,
     train,
 )
+from pyroflows.discrete.model import DETERMINISTIC_ORDERS, ORDERS
 from pyroflows.nn.tokens import ConvNet8, SequenceTransformer
 
 LENGTH, VOCAB = 32, 20
@@ -134,12 +135,13 @@ def markov_rows(name: str, source: MarkovSource, data, test, args) -> list[dict]
         else:
             x = model.sample(args.num_samples, steps=steps, top_p=top_p, order=order, generator=gen)
         sample_seconds = time.perf_counter() - start
-        if order in ("entropy", "confidence"):  # the sampler's exact likelihood, on its draws and on test data
-            log_q, log_p = model.ordered_log_prob(x, steps, order), source.log_prob(x)
+        log_p = source.log_prob(x)
+        if order in DETERMINISTIC_ORDERS:  # the sampler's exact likelihood, on its draws and on test data
+            log_q = model.ordered_log_prob(x, steps, order)
             extra = {"sample_entropy_per_token": -log_q.mean().item() / LENGTH}
             extra["sample_kl_per_token"] = (log_q - log_p).mean().item() / LENGTH
             extra["ordered_test_nll_per_token"] = -model.ordered_log_prob(test, steps, order).mean().item() / LENGTH
-        nll = -source.log_prob(x).mean().item() / LENGTH
+        nll = -log_p.mean().item() / LENGTH
         rows.append(
             {
                 **base,
@@ -277,8 +279,7 @@ def main() -> None:
     parser.add_argument("--sample-steps", type=int, nargs="+", default=[8, 16, 32, 64, 128])
     parser.add_argument("--num-samples", type=int, default=2000)
     parser.add_argument("--top-p", type=float, default=None, help="also sample with this nucleus (top-p) cut")
-    orders = ["random", "entropy", "confidence"]
-    parser.add_argument("--orders", nargs="*", default=[], choices=orders, help="masked model: also ordered unmasking")
+    parser.add_argument("--orders", nargs="*", default=[], choices=ORDERS, help="masked model: also ordered unmasking")
     parser.add_argument("--elbo-times", type=int, default=32)
     parser.add_argument("--posterior-kl", action="store_true", help="masked model: KL to the exact posterior")
     parser.add_argument("--trajectory", action="store_true", help="masked model: KL and entropies along 64 steps")

@@ -32,6 +32,7 @@ __all__ = ["DiscreteFlowMatcher"]
 
 LOSSES = ("ce", "kl")
 ORDERS = ("random", "entropy", "confidence")
+DETERMINISTIC_ORDERS = ("entropy", "confidence")  # the order is a function of the tokens drawn
 
 
 def _filter_logits(logits: torch.Tensor, top_k: int | None, top_p: float | None) -> torch.Tensor:
@@ -307,8 +308,8 @@ class DiscreteFlowMatcher(nn.Module):
         On data it is a likelihood in nats (like an autoregressive model's); on the
         sampler's own draws, ``log q - log p_data`` averages to KL(q || p_data)."""
         self.validate_data(x_1)
-        if order not in ORDERS[1:]:
-            raise ValueError(f"order must be one of {ORDERS[1:]} (deterministic), got {order!r}")
+        if order not in DETERMINISTIC_ORDERS:
+            raise ValueError(f"order must be one of {DETERMINISTIC_ORDERS} (deterministic), got {order!r}")
         if self.path.source != "mask":
             raise ValueError(f"ordered_log_prob needs a mask source, got a {self.path.source} source")
         steps = self.length if steps is None else steps
