@@ -152,7 +152,7 @@ def test_resflow_preset_fits_a_banana():
         x = pyro.sample("x", dist.Normal(0.0, 1.0))
         pyro.sample("y", dist.Normal(x**2, 0.5))
 
-    guide = AutoFlow(banana, flow="resflow", num_transforms=2, hidden_dims=(32, 32))
+    guide = AutoFlow(banana, flow="resflow", warm_start="laplace", num_transforms=2, hidden_dims=(32, 32))
     guide()
     before = draw(banana, guide, num_samples=2000).samples["y"].mean()
     losses = fit(banana, guide, num_steps=300, lr=0.01, progress=False, seed=0)

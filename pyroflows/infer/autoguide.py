@@ -4,24 +4,29 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable
+from contextlib import ExitStack
 from typing import Any
 
 import pyro
 import pyro.distributions as dist
 import torch
+from pyro import poutine
 from pyro.distributions.torch_transform import ComposeTransformModule
-from pyro.distributions.transforms import LowerCholeskyAffine, biject_to
-from pyro.infer.autoguide import AutoContinuous
+from pyro.distributions.transforms import LowerCholeskyAffine
+from pyro.distributions.util import sum_rightmost
+from pyro.infer.autoguide import AutoContinuous, AutoGuide
 from pyro.nn import PyroParam
 
 from pyroflows import flows
-from pyroflows.infer.latent import LatentSpace, init_to_mean_or_zero
-from pyroflows.infer.warm_start import laplace
+from pyroflows.infer.guide_transform import GuideTransform
+from pyroflows.infer.latent import LatentSpace, check_continuous, init_to_mean_or_zero, isolated
+from pyroflows.infer.layout import LatentLayout, members_interact
+from pyroflows.infer.members import MemberFlow
+from pyroflows.infer.warm_start import gaussian_warm_start, laplace, mean_field
 from pyroflows.transforms import ActNorm, LogDetEstimator, Spline, TriangularAffine
 
 __all__ = ["AutoFlow", "PRESETS", "default_options"]
 
-LARGE_LATENT_DIM = 500  # above this the Laplace warm start warns about its O(D^2) cost
 PRESETS: dict[str, Callable] = {
     "nsf": flows.nsf,
     "iaf": flows.iaf,
@@ -31,23 +36,22 @@ PRESETS: dict[str, Callable] = {
     "ffjord": flows.ffjord,
 }
 EXACT_LOG_DET_MAX_DIM = 16  # resflow preset: exact log-det up to this latent size, Russian roulette above
+LAPLACE_MAX_DIM = 500  # above this the joint warm start skips the O(D^2) Laplace candidates
+WARM_STARTS = ("auto", "laplace", "mean_field", None)
+STRUCTURES = ("auto", "plates", "joint")
 
 
 def default_options(flow: str, latent_dim: int) -> dict:
     """The flow options :class:`AutoFlow` uses for ``latent_dim`` latents.
 
-    ================  ==============================================
-    option            default
-    ================  ==============================================
-    num_transforms    2 if D <= 10, else 3
-    hidden_dims       (max(32, 4 D),) * 2, capped at 256 units
-    count_bins (nsf)  8; the spline box is [-5, 5] (whitened space)
-    nsf variant       autoregressive, IAF mode (sampling and the
-                      density of its own samples in one pass)
-    resflow log-det   exact if D <= 16, else Russian roulette
-    ffjord            one continuous flow, dopri5, exact trace if
-                      D <= 8, else Hutchinson
-    ================  ==============================================
+    | option | default |
+    |---|---|
+    | num_transforms | 2 if D <= 10, else 3 |
+    | hidden_dims | (max(32, 4 D),) * 2, capped at 256 units |
+    | count_bins (nsf) | 8; the spline box is [-5, 5] (whitened space) |
+    | nsf variant | autoregressive, IAF mode (sampling and the density of its own samples in one pass) |
+    | resflow log-det | exact if D <= 16, else Russian roulette |
+    | ffjord | one continuous flow, dopri5, exact trace if D <= 8, else Hutchinson |
     """
     width = min(256, max(32, 4 * latent_dim))
     options: dict = {"num_transforms": 2 if latent_dim <= 10 else 3, "hidden_dims": (width, width)}
@@ -64,24 +68,42 @@ def default_options(flow: str, latent_dim: int) -> dict:
 class AutoFlow(AutoContinuous):
     """Flow guide over all continuous latent sites of ``model``.
 
-    The guide draws ``eps ~ N(0, I)``, pushes it through a flow (identity at
-    initialisation) and a learned triangular affine map (identity at
-    initialisation), then un-whitens with a fixed preconditioner: the Laplace
-    approximation (MAP and inverse-Hessian Cholesky factor) of the posterior in
-    unconstrained space. Constrained sites go through ``biject_to``. So at
-    step 0 the guide is the Laplace approximation, and the optimiser works in
+    **Joint form** (models without plated latents): the guide draws
+    ``eps ~ N(0, I)``, pushes it through a flow and a learned triangular
+    affine map (both the identity at initialisation), then un-whitens with a
+    fixed preconditioner: a Gaussian warm start in unconstrained space.
+    Constrained sites go through ``biject_to``. The optimiser thus works in
     whitened coordinates, which keeps badly scaled, correlated posteriors
-    (coefficients in the thousands beside ones near 0.01) well conditioned.
-    The prior is never sampled, so improper priors work.
+    well conditioned. The prior is never sampled, so improper priors work.
+
+    **Structured form** (latents inside one plate, e.g. one intercept per
+    group): ``q(globals) prod_i q(local_i | globals, i)``, the joint form over
+    the globals and one :class:`~pyroflows.infer.members.MemberFlow` shared by
+    the plate's members, conditioned on the globals and a learned per-member
+    embedding. It is exact for hierarchical models (the posterior factorises
+    the same way), costs time and parameters linear in the number of
+    members, and subsamples when the model's plate does. Nested plates,
+    latents in two plates, or members whose terms interact fall back to the
+    joint form, with a warning.
+
+    **Warm start** (``"auto"``): joint form: the best by ELBO of the Laplace
+    approximation from the prior mean, Laplace from two prior draws and a
+    300-step mean-field fit, so a degenerate Laplace (a group scale at 0) or
+    a local optimum (ODE likelihoods) cannot make it worse; structured form:
+    the mean-field fit. ``"laplace"``: Laplace from the prior mean only;
+    ``"mean_field"``; ``None``: ``N(init, I)``. State loaded before the
+    first call (``load_state_dict``, the param store) is used as it is.
 
     Args:
         model: a Pyro model.
         flow: a preset (``"nsf"``, ``"iaf"``, ``"realnvp"``, ``"nice"``, ``"resflow"``, ``"ffjord"``) or a
-            callable ``latent_dim -> TransformModule``.
-        warm_start: ``"laplace"`` (default) or ``None`` (preconditioner
-            ``N(init, I)`` with the model at unconstrained zero).
-        **flow_options: options for the preset, overriding
-            :func:`default_options`.
+            callable ``latent_dim -> TransformModule`` (for the globals in the structured form).
+        warm_start: ``"auto"``, ``"laplace"``, ``"mean_field"`` or ``None``.
+        structure: ``"auto"`` (structured where the model allows), ``"plates"`` (required) or ``"joint"``.
+        embedding_dim: per-member embedding size (structured form).
+        local_transforms: conditional spline layers of the member flow (structured form).
+        local_hidden_dims: widths of the member flow's networks.
+        **flow_options: options for the preset, overriding :func:`default_options`.
 
     Example:
         >>> import pyro, pyro.distributions as dist
@@ -93,41 +115,77 @@ class AutoFlow(AutoContinuous):
     """
 
     def __init__(
-        self, model: Callable, flow: str | Callable = "nsf", *, warm_start: str | None = "laplace", **flow_options: Any
+        self,
+        model: Callable,
+        flow: str | Callable = "nsf",
+        *,
+        warm_start: str | None = "auto",
+        structure: str = "auto",
+        embedding_dim: int = 8,
+        local_transforms: int = 1,
+        local_hidden_dims: tuple[int, ...] = (64, 64),
+        **flow_options: Any,
     ):
         if isinstance(flow, str) and flow not in PRESETS:
             raise ValueError(f"flow must be one of {sorted(PRESETS)} or a callable, got {flow!r}")
         if not isinstance(flow, str) and not callable(flow):
             raise TypeError(f"flow must be a preset name or a callable latent_dim -> transform, got {type(flow)}")
-        if warm_start not in ("laplace", None):
-            raise ValueError(f"warm_start must be 'laplace' or None, got {warm_start!r}")
+        if warm_start not in WARM_STARTS:
+            raise ValueError(f"warm_start must be one of {WARM_STARTS}, got {warm_start!r}")
+        if structure not in STRUCTURES:
+            raise ValueError(f"structure must be one of {STRUCTURES}, got {structure!r}")
         super().__init__(model, init_loc_fn=init_to_mean_or_zero)
-        self.flow_spec = flow
-        self.flow_options = flow_options
-        self.warm_start = warm_start
+        self.flow_spec, self.flow_options = flow, flow_options
+        self.warm_start, self.structure = warm_start, structure
+        self.member_options = {"embedding_dim": embedding_dim, "num_transforms": local_transforms}
+        self.member_options["hidden_dims"] = tuple(local_hidden_dims)
+        self._pending_state: dict | None = None
+
+    # ---- set-up -------------------------------------------------------------------------------------------------
 
     def _setup_prototype(self, *args, **kwargs):
-        space = LatentSpace(self.model, *args, **kwargs)  # clear errors for discrete / no latents
-        super()._setup_prototype(*args, **kwargs)
-        if space.dim != self.latent_dim:
-            raise RuntimeError(f"latent size mismatch: {space.dim} vs {self.latent_dim}")
-        if self.warm_start == "laplace":
-            if space.dim > LARGE_LATENT_DIM:
-                warnings.warn(
-                    f"Laplace warm start over {space.dim} latents costs {space.dim} Hessian-vector products and a "
-                    f"{space.dim}x{space.dim} factorisation; pass warm_start=None to skip it",
-                    stacklevel=3,
-                )
-            loc, scale_tril = laplace(space, *args, **kwargs)
-        else:
-            loc, scale_tril = space.init, torch.eye(space.dim, dtype=space.init.dtype)
-        # Fixed preconditioner: stored as params (so it saves with the param
-        # store) but always used detached, so it never receives gradients.
-        self.preconditioner_loc = PyroParam(loc.detach())
-        self.preconditioner_scale_tril = PyroParam(scale_tril.detach())
-        self.flow = self._build_flow(self.latent_dim).to(loc.dtype)
-        self.affine = TriangularAffine(self.latent_dim).to(loc.dtype)
-        for name in ("flow", "affine"):  # take values already in the param store (after param_store.load)
+        with isolated():
+            AutoGuide._setup_prototype(self, *args, **kwargs)
+            sites = list(self.prototype_trace.iter_stochastic_nodes())
+            for name, site in sites:
+                check_continuous(name, site["fn"])
+            if not sites:
+                raise ValueError("the model has no latent sample sites: there is nothing to infer")
+            layout = self._layout = LatentLayout(sites, self.structure)
+            space = None if layout.subsampled else LatentSpace(self.model, *args, **kwargs)
+            if layout.plate is not None and space is not None and members_interact(space, layout, args, kwargs):
+                layout.disable_plate(f"the log density couples members of plate {layout.plate.name!r}")
+            self._check_structure(layout)
+            self._unconstrained_shapes = {n: s.unconstrained_shape for n, s in layout.sites.items()}
+            self._cond_indep_stacks = {n: s.cond_indep_stack for n, s in layout.sites.items()}
+            self.latent_dim = layout.dim
+            dtype = sites[0][1]["value"].dtype
+            reload = self._pyro_get_fullname("preconditioner_loc") in pyro.get_param_store()
+            self._build(layout, dtype)  # takes values already in the param store
+            if self._pending_state is not None:
+                state, self._pending_state = self._pending_state, None
+                super().load_state_dict(state)
+            elif not reload:
+                self._warm_start(layout, space, dtype, args, kwargs)
+
+    def _check_structure(self, layout: LatentLayout) -> None:
+        plated = any(s.cond_indep_stack for s in layout.sites.values())
+        if layout.plate is None and (self.structure == "plates" or layout.subsampled):
+            raise ValueError(f"AutoFlow cannot use the structured (plate) form here: {layout.joint_reason}")
+        if layout.plate is None and plated and self.structure == "auto":
+            warnings.warn(f"AutoFlow: one joint flow over all latents, since {layout.joint_reason}", stacklevel=4)
+
+    def _build(self, layout: LatentLayout, dtype: torch.dtype) -> None:
+        dim = layout.global_dim
+        self.preconditioner_loc = PyroParam(torch.zeros(dim, dtype=dtype))
+        self.preconditioner_scale_tril = PyroParam(torch.eye(dim, dtype=dtype))
+        self.flow = self._build_flow(dim).to(dtype) if dim else ComposeTransformModule([])
+        self.affine = TriangularAffine(max(dim, 1)).to(dtype)
+        names = ["flow", "affine"]
+        if layout.plate is not None:
+            self.members = MemberFlow(layout.plate.size, layout.local_dim, dim, **self.member_options).to(dtype)
+            names.append("members")
+        for name in names:  # take values already in the param store (after param_store.load)
             pyro.module(self._pyro_get_fullname(name), self._modules[name], update_module_params=True)
 
     def _build_flow(self, dim: int):
@@ -142,30 +200,160 @@ class AutoFlow(AutoContinuous):
                 layer.initialized.fill_(True)
         return flow
 
+    def _warm_start(self, layout: LatentLayout, space: LatentSpace | None, dtype, args, kwargs) -> None:
+        glob = layout.global_index
+        if self.warm_start is None:
+            loc = space.init if space is not None else torch.zeros(layout.dim, dtype=dtype)
+            scale = torch.ones(layout.dim, dtype=dtype)
+            tril = torch.diag(scale[glob])
+        elif self.warm_start == "mean_field" or layout.plate is not None:
+            locs, scales = mean_field(self.model, args, kwargs)
+            loc = torch.cat([locs[n].reshape(-1) for n in layout.sites]).to(dtype)
+            scale = torch.cat([scales[n].reshape(-1) for n in layout.sites]).to(dtype)
+            tril = torch.diag(scale[glob])
+        elif self.warm_start == "laplace" or layout.dim > LAPLACE_MAX_DIM:
+            if layout.dim > LAPLACE_MAX_DIM and self.warm_start == "auto":
+                return self._warm_start_mean_field_only(layout, dtype, args, kwargs)
+            loc, tril = laplace(space, *args, **kwargs)
+            scale = tril.diagonal()
+        else:
+            best, candidates = gaussian_warm_start(space, self.model, args, kwargs)
+            loc, tril, scale = best.loc, best.scale_tril, best.scale_tril.diagonal()
+            self._report_warm_start(best, candidates)
+        self.preconditioner_loc = PyroParam(loc[glob].detach().clone())
+        self.preconditioner_scale_tril = PyroParam(tril.detach().clone())
+        if layout.plate is not None:
+            _, local_loc = layout.split(loc)
+            _, local_scale = layout.split(scale)
+            self.members.set_members(local_loc, local_scale)
+
+    def _warm_start_mean_field_only(self, layout, dtype, args, kwargs) -> None:
+        locs, scales = mean_field(self.model, args, kwargs)
+        loc = torch.cat([locs[n].reshape(-1) for n in layout.sites]).to(dtype)
+        scale = torch.cat([scales[n].reshape(-1) for n in layout.sites]).to(dtype)
+        self.preconditioner_loc = PyroParam(loc.detach().clone())
+        self.preconditioner_scale_tril = PyroParam(torch.diag(scale).detach().clone())
+
+    @staticmethod
+    def _report_warm_start(best, candidates) -> None:
+        first = candidates[0]
+        if best is not first and first.problem is not None:
+            warnings.warn(
+                f"AutoFlow warm start: the Laplace approximation is unreliable ({first.problem}); "
+                f"starting from the {best.name} (ELBO {best.elbo:.4g} against {first.elbo:.4g})",
+                stacklevel=5,
+            )
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        """Load state; before the first call the guide keeps it and uses it
+        at set-up (no warm start is run)."""
+        if self.prototype_trace is None:
+            self._pending_state = dict(state_dict)
+            return torch.nn.modules.module._IncompatibleKeys([], [])
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
+
+    # ---- the map from base draws to latents ----------------------------------------------------------------------
+
+    def _globals(self, eps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Globals, their whitened values and log|det| for base draws ``eps`` (..., Dg)."""
+        if not eps.shape[-1]:
+            return eps, eps, eps.new_zeros(eps.shape[:-1])
+        u = self.flow(eps)
+        log_det = self.flow.log_abs_det_jacobian(eps, u) if len(self.flow.parts) else eps.new_zeros(eps.shape[:-1])
+        w = self.affine(u)
+        log_det = log_det + self.affine.log_abs_det_jacobian(u, w)
+        tril = self.preconditioner_scale_tril.detach()
+        g = self.preconditioner_loc.detach() + w @ tril.T
+        return g, w, log_det + tril.diagonal().abs().log().sum()
+
+    def base_to_latent(self, eps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Flat unconstrained latents (..., D) and log|dz/d eps| for base draws ``eps`` (..., D)."""
+        layout = self._layout
+        eps_g, eps_l = layout.split(eps)
+        g, w, log_det = self._globals(eps_g)
+        if layout.plate is None:
+            return layout.assemble(g, None), log_det
+        local, local_log_det = self.members(eps_l, w.unsqueeze(-2))
+        return layout.assemble(g, local), log_det + local_log_det.sum(-1)
+
     def get_base_dist(self):
-        loc = self.preconditioner_loc
-        return dist.Normal(torch.zeros_like(loc), torch.ones_like(loc)).to_event(1)
+        zero = torch.zeros(self.latent_dim, dtype=self.preconditioner_loc.dtype, device=self.preconditioner_loc.device)
+        return dist.Normal(zero, torch.ones_like(zero)).to_event(1)
 
     def get_transform(self, *args, **kwargs):
-        precondition = LowerCholeskyAffine(
-            self.preconditioner_loc.detach(), self.preconditioner_scale_tril.detach(), cache_size=1
-        )
-        return dist.transforms.ComposeTransform([self.flow, self.affine, precondition])
+        if self._layout.plate is None:
+            precondition = LowerCholeskyAffine(
+                self.preconditioner_loc.detach(), self.preconditioner_scale_tril.detach(), cache_size=1
+            )
+            return dist.transforms.ComposeTransform([self.flow, self.affine, precondition])
+        return GuideTransform(self.base_to_latent)
+
+    # ---- the guide ----------------------------------------------------------------------------------------------
+
+    def forward(self, *args, **kwargs):
+        if self.prototype_trace is None:
+            self._setup_prototype(*args, **kwargs)
+        if self._layout.plate is None:
+            return super().forward(*args, **kwargs)
+        return self._structured_forward(*args, **kwargs)
+
+    def _structured_forward(self, *args, **kwargs):
+        layout, plates = self._layout, self._create_plates(*args, **kwargs)
+        plate = layout.plate
+        zero = self.preconditioner_loc.new_zeros(())
+        eps_g = zero.new_zeros((0,))
+        if layout.global_dim:
+            base = dist.Normal(zero, 1.0).expand([layout.global_dim]).to_event(1)
+            eps_g = pyro.sample("_AutoFlow_globals", base, infer={"is_auxiliary": True})
+        g, w, global_log_det = self._globals(eps_g)
+        result = {}
+        for name, s in layout.sites.items():
+            if not s.local:
+                value = g[..., layout.slices[name]].reshape(g.shape[:-1] + s.unconstrained_shape)
+                result[name] = self._delta(s, value, global_log_det, plates)
+                global_log_det = 0.0
+        with plates[plate.name] as index:
+            base = dist.Normal(zero, 1.0).expand([layout.local_dim]).to_event(1)
+            eps_l = pyro.sample("_AutoFlow_locals", base, infer={"is_auxiliary": True})
+        local, local_log_det = self.members(eps_l, w, index, plate.dim)
+        prefix = local.shape[: local.dim() - 1 + plate.dim]
+        for name, s in layout.sites.items():
+            if s.local:
+                shape = (len(index),) + s.unconstrained_shape[1:]
+                value = local[..., layout.slices[name]].reshape(prefix + shape)
+                result[name] = self._delta(s, value, local_log_det, plates)
+                local_log_det = 0.0
+        return result
+
+    def _delta(self, site, unconstrained: torch.Tensor, log_det, plates):
+        transform = site.transform
+        value = transform(unconstrained)
+        log_density = 0.0
+        if poutine.get_mask() is not False:
+            jacobian = transform.inv.log_abs_det_jacobian(value, unconstrained)
+            log_density = sum_rightmost(jacobian, jacobian.dim() - value.dim() + site.event_dim) - log_det
+        with ExitStack() as stack:
+            for frame in site.cond_indep_stack:
+                stack.enter_context(plates[frame.name])
+            return pyro.sample(site.name, dist.Delta(value, log_density=log_density, event_dim=site.event_dim))
+
+    # ---- posterior summaries ------------------------------------------------------------------------------------
 
     def _unconstrained_draws(self, num_samples: int) -> torch.Tensor:
-        return self.get_posterior().sample((num_samples,))
+        eps = self.get_base_dist().sample((num_samples,))
+        return self.base_to_latent(eps)[0]
+
+    def _constrained(self, latents: torch.Tensor) -> dict[str, torch.Tensor]:
+        batch = latents.shape[:-1]
+        return {s.name: s.transform(u) for s, u in self._layout.unpack(latents, batch)}
 
     @torch.no_grad()
     def sample_posterior(self, num_samples: int, *args, **kwargs) -> dict[str, torch.Tensor]:
         """``num_samples`` draws of every latent site, (num_samples, *site shape)
-        each (use :func:`pyroflows.diagnostics.draw` for deterministic sites too)."""
+        each, plates at full size (use :func:`pyroflows.diagnostics.draw` for deterministic sites too)."""
         if self.prototype_trace is None:
             self._setup_prototype(*args, **kwargs)
-        draws = self._unconstrained_draws(num_samples)
-        return {
-            site["name"]: biject_to(site["fn"].support)(unconstrained)
-            for site, unconstrained in self._unpack_latent(draws)
-        }
+        return self._constrained(self._unconstrained_draws(num_samples))
 
     @torch.no_grad()
     def median(self, *args, num_samples: int = 4000, **kwargs):
@@ -177,19 +365,16 @@ class AutoFlow(AutoContinuous):
         """Posterior quantiles of each latent site, estimated from ``num_samples``
         draws (per coordinate in unconstrained space, then constrained; exact
         for elementwise constraints such as positive or unit interval)."""
+        q = torch.as_tensor(quantiles)
+        if q.dim() != 1 or (q < 0).any() or (q > 1).any():
+            raise ValueError(f"quantiles must be a list of numbers in [0, 1], got {quantiles!r}")
         if self.prototype_trace is None:
             self._setup_prototype(*args, **kwargs)
         draws = self._unconstrained_draws(num_samples)
-        q = torch.as_tensor(quantiles, dtype=draws.dtype)
-        if q.dim() != 1 or (q < 0).any() or (q > 1).any():
-            raise ValueError(f"quantiles must be a list of numbers in [0, 1], got {quantiles!r}")
-        latents = torch.quantile(draws, q, dim=0)
-        result: dict[str, list] = {}
-        for latent in latents:
-            for site, unconstrained in self._unpack_latent(latent):
-                result.setdefault(site["name"], []).append(biject_to(site["fn"].support)(unconstrained))
-        return {k: torch.stack(v) for k, v in result.items()}
+        return self._constrained(torch.quantile(draws, q.to(draws.dtype), dim=0))
 
     def extra_repr(self) -> str:
         dim = getattr(self, "latent_dim", None)
-        return f"flow={self.flow_spec!r}, warm_start={self.warm_start!r}, latent_dim={dim}"
+        layout = getattr(self, "_layout", None)
+        form = "structured" if layout is not None and layout.plate is not None else "joint"
+        return f"flow={self.flow_spec!r}, warm_start={self.warm_start!r}, latent_dim={dim}, form={form}"

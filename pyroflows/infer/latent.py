@@ -10,6 +10,8 @@ joint density of ``z`` (the model's log density plus the log-Jacobian of the
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pyro
 import torch
@@ -17,9 +19,38 @@ from pyro import poutine
 from pyro.distributions.transforms import biject_to
 from pyro.distributions.util import sum_rightmost
 from pyro.infer.autoguide.initialization import InitMessenger
+from pyro.poutine import runtime
 from pyro.poutine.util import site_is_subsample
 
-__all__ = ["LatentSpace", "init_to_mean_or_zero", "init_to_unconstrained_zero", "max_plate_nesting"]
+__all__ = [
+    "LatentSpace",
+    "check_continuous",
+    "init_to_mean_or_zero",
+    "init_to_unconstrained_zero",
+    "isolated",
+    "max_plate_nesting",
+]
+
+
+@contextmanager
+def isolated() -> Iterator[None]:
+    """Run Pyro code as if no handler or plate were active, with gradients on.
+
+    A guide sets itself up on its first call, often inside the caller's ELBO
+    (its trace, its particle plate at an explicit ``max_plate_nesting``) or
+    under ``torch.no_grad``. The warm start is a separate inference: it must
+    neither be seen by those handlers nor collide with their plate dims.
+    Pyro keeps both in module globals, which this saves, empties and restores.
+    """
+    handlers, dims = runtime._PYRO_STACK[:], runtime._DIM_ALLOCATOR._stack[:]
+    runtime._PYRO_STACK.clear()
+    runtime._DIM_ALLOCATOR._stack.clear()
+    try:
+        with torch.enable_grad(), torch.inference_mode(False):
+            yield
+    finally:
+        runtime._PYRO_STACK[:] = handlers
+        runtime._DIM_ALLOCATOR._stack[:] = dims
 
 
 def init_to_unconstrained_zero(site: dict) -> torch.Tensor:
@@ -27,7 +58,7 @@ def init_to_unconstrained_zero(site: dict) -> torch.Tensor:
     a positive site). It never samples the prior, so improper priors
     (``dist.ImproperUniform``) work."""
     fn = site["fn"]
-    _check_continuous(site["name"], fn)
+    check_continuous(site["name"], fn)
     transform = biject_to(fn.support)
     shape = transform.inverse_shape(fn.shape())
     mean = _mean(fn)
@@ -46,7 +77,7 @@ def init_to_mean_or_zero(site: dict) -> torch.Tensor:
     return init_to_unconstrained_zero(site)
 
 
-def _check_continuous(name: str, fn) -> None:
+def check_continuous(name: str, fn) -> None:
     if fn.support.is_discrete:
         raise TypeError(
             f"latent site {name!r} is discrete ({type(fn).__name__}); flow guides need continuous "
@@ -92,7 +123,7 @@ class LatentSpace:
         self.sites: dict[str, dict] = {}
         for name, site in _latent_sites(trace):
             fn = site["fn"]
-            _check_continuous(name, fn)
+            check_continuous(name, fn)
             transform = biject_to(fn.support)
             unconstrained = transform.inv(site["value"])
             self.sites[name] = {

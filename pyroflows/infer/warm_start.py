@@ -1,19 +1,37 @@
-"""Laplace warm start: the MAP point and the inverse-Hessian Cholesky factor
-in the flat unconstrained latent space (Laplace approximation)."""
+"""Warm starts for flow guides: Gaussian approximations to the posterior in
+the flat unconstrained latent space, chosen by their ELBO.
+
+:func:`laplace` is the Laplace approximation (MAP point and inverse-Hessian
+Cholesky factor). It is exact for Gaussian posteriors and excellent for
+badly scaled regressions, but it fails in ways a guide must not inherit: the
+MAP of a centred hierarchical model sits where a group scale collapses to
+0, a multimodal likelihood (an ODE model) traps L-BFGS in a local optimum,
+a flat direction has no curvature. :func:`gaussian_warm_start` therefore
+tries several candidates (Laplace from the prior mean and from prior draws,
+and a short mean-field fit) and keeps the one with the best ELBO, which a
+degenerate or local candidate cannot win.
+"""
 
 from __future__ import annotations
 
 import math
 import warnings
 from collections.abc import Callable
+from dataclasses import dataclass
 
+import pyro
 import torch
+from pyro import poutine
+from pyro.distributions import constraints
+from pyro.infer.autoguide import AutoNormal
 
-from pyroflows.infer.latent import LatentSpace
+from pyroflows.infer.latent import LatentSpace, init_to_mean_or_zero
 
-__all__ = ["laplace"]
+__all__ = ["Candidate", "gaussian_elbo", "gaussian_warm_start", "laplace", "mean_field"]
 
 MIN_EIGENVALUE = 1e-10  # floor on Hessian eigenvalues, relative to the largest
+MAX_CONDITION = 1e12  # a Laplace covariance past this condition number is degenerate
+BOUNDARY = 15.0  # |unconstrained value| past which a constrained MAP sits at its support's edge
 Energy = Callable[[torch.Tensor], torch.Tensor]
 
 
@@ -23,9 +41,10 @@ def _guarded(energy: Energy) -> Energy:
 
     def wrapped(z):
         try:
-            return energy(z)
+            value = energy(z)
         except (RuntimeError, ValueError):
-            return z.new_tensor(math.inf)
+            return z.new_full(z.shape[:-1], math.inf)
+        return torch.where(torch.isnan(value), math.inf, value)
 
     return wrapped
 
@@ -53,8 +72,22 @@ def _lbfgs(energy: Energy, z0: torch.Tensor, max_iter: int) -> torch.Tensor:
     return best[1]
 
 
+def _finite_difference_hessian(energy: Energy, z: torch.Tensor) -> torch.Tensor:
+    """Central differences of the gradient, all 2D points in one batched call
+    (for models whose kernels are not twice differentiable)."""
+    step = torch.finfo(z.dtype).eps ** (1 / 3) * z.abs().clamp(min=1.0)
+    offsets = torch.diag(step)
+    points = torch.cat([z + offsets, z - offsets]).detach().requires_grad_(True)
+    (grads,) = torch.autograd.grad(energy(points).sum(), points)
+    d = len(z)
+    return (grads[:d] - grads[d:]) / (2 * step[:, None])
+
+
 def _hessian(energy: Energy, z: torch.Tensor) -> torch.Tensor:
-    hess = torch.autograd.functional.hessian(energy, z, vectorize=True)
+    try:
+        hess = torch.autograd.functional.hessian(energy, z, vectorize=True)
+    except RuntimeError:  # a kernel without double backward (e.g. a flow prior in the model)
+        hess = _finite_difference_hessian(energy, z)
     return 0.5 * (hess + hess.T)
 
 
@@ -87,41 +120,172 @@ def _newton(energy: Energy, z: torch.Tensor, steps: int) -> torch.Tensor:
     return z
 
 
-def laplace(
-    space: LatentSpace, *args, max_iter: int = 500, newton_steps: int = 10, **kwargs
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(loc, scale_tril)`` of the Laplace approximation to the model's
-    posterior over unconstrained latents.
+@dataclass
+class Candidate:
+    """A Gaussian ``N(loc, scale_tril scale_tril^T)`` over the flat latents,
+    where it came from, its ELBO estimate and why it may be degenerate."""
 
-    L-BFGS from ``space.init``, damped Newton steps, then the inverse Hessian;
-    the Newton steps and the Hessian are redone in the coordinates whitened by
-    the first estimate, which keeps them accurate in float32 when the
-    posterior is badly scaled or strongly correlated (condition numbers of
-    1e9 and more). Where the Hessian is not positive definite (funnels, flat
-    directions) its eigenvalues are replaced by their floored magnitudes. If
-    the density cannot be evaluated at the optimum it falls back to
-    ``(space.init, I)`` with a warning.
-    """
+    name: str
+    loc: torch.Tensor
+    scale_tril: torch.Tensor
+    elbo: float = -math.inf
+    problem: str | None = None
+
+
+def _laplace_from(space: LatentSpace, z0: torch.Tensor, args, kwargs, max_iter: int, newton_steps: int) -> Candidate:
     energy = _guarded(lambda z: -space.log_density(z, *args, **kwargs))
-    z0 = space.init
-    if not torch.isfinite(energy(z0)):
-        raise ValueError(
-            "the model's log density is not finite at its initial point (prior means, else unconstrained zero)"
-        )
-    loc = _newton(energy, _lbfgs(energy, z0, max_iter), newton_steps)
     identity = torch.eye(space.dim, dtype=z0.dtype)
+    if not torch.isfinite(energy(z0)):
+        return Candidate("laplace", z0, identity, problem="the log density is not finite at the start")
+    loc = _newton(energy, _lbfgs(energy, z0, max_iter), newton_steps)
     if not torch.isfinite(energy(loc)):
-        warnings.warn("Laplace warm start: the MAP search diverged; starting from N(init, I)", stacklevel=3)
-        return z0.clone(), identity
-    scale_tril = identity
+        return Candidate("laplace", z0, identity, problem="the MAP search diverged")
+    scale_tril, cond = identity, 1.0
     for _ in range(2):  # second round in whitened coordinates
         whitened = _guarded(lambda u, loc=loc, tril=scale_tril: energy(loc + tril @ u))
         u = _newton(whitened, torch.zeros_like(loc), newton_steps)
         hess = _hessian(whitened, u)
         if not torch.isfinite(hess).all():
-            warnings.warn("Laplace warm start: non-finite Hessian; starting from N(MAP, I)", stacklevel=3)
-            return loc, identity
+            return Candidate("laplace", loc, identity, problem="the Hessian at the MAP is not finite")
+        evals = torch.linalg.eigvalsh(hess.double())
+        cond = cond * float(evals.abs().max() / evals.abs().min().clamp(min=1e-300))
         loc = loc + scale_tril @ u
         cov = _positive_inverse(hess)
         scale_tril = scale_tril @ torch.linalg.cholesky(0.5 * (cov + cov.T)).to(z0.dtype)
-    return loc, scale_tril
+    return Candidate("laplace", loc, scale_tril, problem=_laplace_problem(space, loc, scale_tril, cond))
+
+
+def _bounded(support) -> bool:
+    while hasattr(support, "base_constraint"):  # independent(real, 1) is real_vector
+        support = support.base_constraint
+    return support is not constraints.real
+
+
+def _laplace_problem(space: LatentSpace, loc: torch.Tensor, scale_tril: torch.Tensor, cond: float) -> str | None:
+    if not torch.isfinite(scale_tril).all():
+        return "its covariance is not finite"
+    if cond > MAX_CONDITION:
+        return f"the Hessian's condition number is {cond:.1e}"
+    pos = 0
+    for name, s in space.sites.items():
+        size = math.prod(s["unconstrained_shape"])
+        if _bounded(s["fn"].support) and (loc[pos : pos + size].abs() > BOUNDARY).any():
+            return f"the MAP of {name!r} sits at the edge of its support"
+        pos += size
+    return None
+
+
+def laplace(
+    space: LatentSpace, *args, max_iter: int = 500, newton_steps: int = 10, **kwargs
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(loc, scale_tril)`` of the Laplace approximation to the model's
+    posterior over unconstrained latents, from ``space.init``.
+
+    L-BFGS, damped Newton steps, then the inverse Hessian; the Newton steps
+    and the Hessian are redone in the coordinates whitened by the first
+    estimate, which keeps them accurate in float32 when the posterior is
+    badly scaled or strongly correlated (condition numbers of 1e9 and more).
+    Where the Hessian is not positive definite (funnels, flat directions) its
+    eigenvalues are replaced by their floored magnitudes. Where the model's
+    kernels are not twice differentiable the Hessian comes from finite
+    differences of gradients. Raises ``ValueError`` if the log density is
+    not finite at ``space.init``; warns and returns ``(init or MAP, I)`` if
+    the search diverges or the Hessian is not finite.
+    """
+    candidate = _laplace_from(space, space.init, args, kwargs, max_iter, newton_steps)
+    if candidate.problem == "the log density is not finite at the start":
+        raise ValueError(
+            "the model's log density is not finite at its initial point (prior means, else unconstrained zero)"
+        )
+    if candidate.problem in ("the MAP search diverged", "the Hessian at the MAP is not finite"):
+        warnings.warn(f"Laplace warm start: {candidate.problem}; starting from N(loc, I)", stacklevel=2)
+    return candidate.loc, candidate.scale_tril
+
+
+def gaussian_elbo(space: LatentSpace, candidate: Candidate, eps: torch.Tensor, args, kwargs) -> float:
+    """Monte Carlo ELBO of the candidate Gaussian, with base draws ``eps`` (S, D)."""
+    z = candidate.loc + eps @ candidate.scale_tril.T
+    log_q = -0.5 * (eps**2).sum(-1) - candidate.scale_tril.diagonal().abs().log().sum()
+    with torch.no_grad():
+        log_p = _guarded(lambda z: space.log_density(z, *args, **kwargs))(z)
+    value = (log_p - log_q).mean() - 0.5 * space.dim * math.log(2 * math.pi)
+    return float(value) if torch.isfinite(value) else -math.inf
+
+
+def mean_field(model, args, kwargs, num_steps: int = 300, lr: float = 0.05) -> tuple[dict, dict]:
+    """A short mean-field (diagonal Gaussian) SVI fit; returns per-site
+    unconstrained ``(locs, scales)`` of full (not subsampled) shape."""
+    from pyroflows.infer.fit import fit  # fit imports nothing from here; import late to keep layers simple
+
+    with pyro.get_param_store().scope():
+        guide = AutoNormal(model, init_loc_fn=init_to_mean_or_zero)
+        fit(model, guide, *args, num_steps=num_steps, lr=lr, progress=False, **kwargs)
+        with torch.no_grad():
+            names = [name for name, site in guide.prototype_trace.iter_stochastic_nodes()]
+            locs = {name: _deep_getattr(guide.locs, name).detach().clone() for name in names}
+            scales = {name: _deep_getattr(guide.scales, name).detach().clone() for name in names}
+    return locs, scales
+
+
+def _deep_getattr(obj, dotted: str):
+    for part in dotted.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _prior_starts(space: LatentSpace, args, kwargs, count: int, generator: torch.Generator) -> list[torch.Tensor]:
+    """Unconstrained points drawn from the prior (where it can be sampled;
+    else the initial point plus standard normal noise)."""
+    starts = []
+    for _ in range(count):
+        try:
+            with poutine.block():
+                trace = poutine.trace(poutine.uncondition(space.model)).get_trace(*args, **kwargs)
+            start = space.pack({name: trace.nodes[name]["value"] for name in space.sites})
+            if not torch.isfinite(start).all():
+                raise ValueError
+        except (NotImplementedError, ValueError, RuntimeError, KeyError):
+            start = space.init + torch.randn(space.dim, generator=generator, dtype=space.init.dtype)
+        starts.append(start.detach().to(space.init.dtype))
+    return starts
+
+
+def gaussian_warm_start(
+    space: LatentSpace,
+    model,
+    args,
+    kwargs,
+    *,
+    num_starts: int = 3,
+    mean_field_steps: int = 300,
+    num_draws: int = 256,
+    seed: int = 0,
+) -> tuple[Candidate, list[Candidate]]:
+    """The best of several Gaussian approximations, by their ELBO.
+
+    Candidates: the Laplace approximation from the prior mean, from
+    ``num_starts - 1`` prior draws, and a ``mean_field_steps`` mean-field
+    fit. All are scored with the same ``num_draws`` base draws. Returns the
+    winner and every candidate (for reporting).
+    """
+    generator = torch.Generator().manual_seed(seed)
+    dtype = space.init.dtype
+    starts = [space.init] + _prior_starts(space, args, kwargs, num_starts - 1, generator)
+    candidates = []
+    for i, start in enumerate(starts):
+        candidate = _laplace_from(space, start, args, kwargs, max_iter=500, newton_steps=10)
+        candidate.name = "Laplace from the prior mean" if i == 0 else f"Laplace from prior draw {i}"
+        candidates.append(candidate)
+    if mean_field_steps:
+        locs, scales = mean_field(model, args, kwargs, mean_field_steps)
+        loc = torch.cat([locs[n].reshape(-1) for n in space.sites]).to(dtype)
+        scale = torch.cat([scales[n].reshape(-1) for n in space.sites]).to(dtype)
+        candidates.append(Candidate("mean-field fit", loc, torch.diag(scale)))
+    eps = torch.randn(num_draws, space.dim, generator=generator, dtype=dtype)
+    for candidate in candidates:
+        if candidate.problem not in ("the log density is not finite at the start", "the MAP search diverged"):
+            candidate.elbo = gaussian_elbo(space, candidate, eps, args, kwargs)
+    best = max(candidates, key=lambda c: c.elbo)
+    if not math.isfinite(best.elbo):
+        best = Candidate("the initial point", space.init.clone(), torch.eye(space.dim, dtype=dtype))
+    return best, candidates
