@@ -258,10 +258,11 @@ class AutoFlow(AutoContinuous):
         """Globals, their whitened values and log|det| for base draws ``eps`` (..., Dg)."""
         if not eps.shape[-1]:
             return eps, eps, eps.new_zeros(eps.shape[:-1])
-        u = self.flow(eps)
-        log_det = self.flow.log_abs_det_jacobian(eps, u) if len(self.flow.parts) else eps.new_zeros(eps.shape[:-1])
-        w = self.affine(u)
-        log_det = log_det + self.affine.log_abs_det_jacobian(u, w)
+        flow, affine = self.flow, self.affine  # each access registers the module's params with Pyro: once per call
+        u = flow(eps)
+        log_det = flow.log_abs_det_jacobian(eps, u) if len(flow.parts) else eps.new_zeros(eps.shape[:-1])
+        w = affine(u)
+        log_det = log_det + affine.log_abs_det_jacobian(u, w)
         tril = self.preconditioner_scale_tril.detach()
         g = self.preconditioner_loc.detach() + w @ tril.T
         return g, w, log_det + tril.diagonal().abs().log().sum()

@@ -142,7 +142,7 @@ def _laplace_from(space: LatentSpace, z0: torch.Tensor, args, kwargs, max_iter: 
         return Candidate("laplace", z0, identity, problem="the MAP search diverged")
     scale_tril, cond = identity, 1.0
     for _ in range(2):  # second round in whitened coordinates
-        whitened = _guarded(lambda u, loc=loc, tril=scale_tril: energy(loc + tril @ u))
+        whitened = _guarded(lambda u, loc=loc, tril=scale_tril: energy(loc + u @ tril.T))
         u = _newton(whitened, torch.zeros_like(loc), newton_steps)
         hess = _hessian(whitened, u)
         if not torch.isfinite(hess).all():
