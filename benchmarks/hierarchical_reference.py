@@ -20,7 +20,6 @@ import json
 import time
 from pathlib import Path
 
-import numpy as np
 import pyro
 import torch
 from pyro.infer import MCMC, NUTS

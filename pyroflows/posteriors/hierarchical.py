@@ -138,7 +138,8 @@ def collapsed_regression(stats: dict[str, torch.Tensor]) -> None:
     xtx, xty, yty, n = stats["xtx"], stats["xty"], stats["yty"], stats["n"]
     precision = torch.diag_embed(scales.pow(-2))[..., None, :, :] + xtx / s2[..., None]
     xtr = xty - (xtx @ mu[..., None, :, None]).squeeze(-1)  # X^T (y - X m)
-    rtr = yty - 2 * (xty * mu[..., None, :]).sum(-1) + (mu[..., None, None, :] @ xtx @ mu[..., None, :, None])[..., 0, 0]
+    mtm = (mu[..., None, None, :] @ xtx @ mu[..., None, :, None])[..., 0, 0]  # m^T X^T X m
+    rtr = yty - 2 * (xty * mu[..., None, :]).sum(-1) + mtm
     solved = torch.linalg.solve(precision, xtr.unsqueeze(-1)).squeeze(-1)
     quad = rtr / s2 - (xtr * solved).sum(-1) / s2**2
     logdet = n * s2.log() + 2 * scales.log().sum(-1, keepdim=True) + torch.logdet(precision)
