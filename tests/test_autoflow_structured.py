@@ -32,7 +32,7 @@ def test_hierarchical_model_gets_the_structured_form_with_parameters_linear_in_g
         pyro.clear_param_store()
         guide = AutoFlow(h.regression, warm_start=None)
         guide(*data_args(groups))
-        assert guide._layout.plate.name == "groups" and guide._layout.local_dim == 2
+        assert guide.layout.plate.name == "groups" and guide.layout.local_dim == 2
         sizes[groups] = num_params(guide)
     per_member = 2 * 2 + 8  # loc and log-scale per local, and the embedding
     assert sizes[40] - sizes[20] == 20 * per_member
@@ -84,7 +84,7 @@ def test_models_the_factorisation_does_not_hold_for_fall_back_to_the_joint_flow(
     guide = AutoFlow(model, warm_start=None)
     with pytest.warns(UserWarning, match=reason):
         guide(5)
-    assert guide._layout.plate is None
+    assert guide.layout.plate is None
     with pytest.raises(ValueError, match=reason):
         AutoFlow(model, structure="plates", warm_start=None)(5)
 

@@ -344,7 +344,13 @@ class AutoFlow(AutoContinuous):
         eps = self.get_base_dist().sample((num_samples,))
         return self.base_to_latent(eps)[0]
 
-    def _constrained(self, latents: torch.Tensor) -> dict[str, torch.Tensor]:
+    @property
+    def layout(self) -> LatentLayout:
+        """Where each latent sits in the flat vector, and the plate of the locals (after the first call)."""
+        return self._layout
+
+    def constrained_values(self, latents: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Each site's constrained value, (..., *site shape), for flat unconstrained latents (..., D)."""
         batch = latents.shape[:-1]
         return {s.name: s.transform(u) for s, u in self._layout.unpack(latents, batch)}
 
@@ -354,7 +360,7 @@ class AutoFlow(AutoContinuous):
         each, plates at full size (use :func:`pyroflows.diagnostics.draw` for deterministic sites too)."""
         if self.prototype_trace is None:
             self._setup_prototype(*args, **kwargs)
-        return self._constrained(self._unconstrained_draws(num_samples))
+        return self.constrained_values(self._unconstrained_draws(num_samples))
 
     @torch.no_grad()
     def median(self, *args, num_samples: int = 4000, **kwargs):
@@ -372,7 +378,7 @@ class AutoFlow(AutoContinuous):
         if self.prototype_trace is None:
             self._setup_prototype(*args, **kwargs)
         draws = self._unconstrained_draws(num_samples)
-        return self._constrained(torch.quantile(draws, q.to(draws.dtype), dim=0))
+        return self.constrained_values(torch.quantile(draws, q.to(draws.dtype), dim=0))
 
     def extra_repr(self) -> str:
         dim = getattr(self, "latent_dim", None)

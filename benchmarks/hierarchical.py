@@ -1,0 +1,177 @@
+"""AutoFlow on hierarchical regression, the model Pyro users write every day.
+
+Three tables, side by side with Pyro's AutoNormal (and AutoFlow's joint form):
+
+* ``small``: 50 groups (105 latents), centred and non-centred, float32 and
+  float64; default ``fit`` (2000 steps, 8 particles); PSIS k-hat, the largest
+  standardised mean error and |log sd ratio| over every latent (globals and
+  each group's) against the stored reference
+  (``hierarchical_reference.py``), CPU seconds on one thread.
+* ``medium``: 1000 groups (2005 latents): ms per step, guide parameters, the
+  final ELBO (4000 draws), and the globals against the reference.
+* ``large``: 20,000 groups and 10^6 rows, 500 groups per step: wall and CPU
+  seconds, peak memory, and whether the globals' 95% intervals cover the
+  data-generating values.
+
+    python benchmarks/hierarchical.py                    # all three
+    python benchmarks/hierarchical.py --tables small
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pyro
+import torch
+from common import save, table
+from pyro.infer.autoguide import AutoNormal
+
+from pyroflows.diagnostics import draw, psis
+from pyroflows.infer import AutoFlow, fit, init_to_mean_or_zero
+from pyroflows.posteriors import hierarchical as h
+
+REFERENCE = Path(__file__).parent / "results" / "hierarchical_reference.json"
+GUIDES = {
+    "AutoFlow": lambda m: AutoFlow(m),
+    "AutoFlow (joint)": lambda m: AutoFlow(m, structure="joint"),
+    "AutoNormal": lambda m: AutoNormal(m, init_loc_fn=init_to_mean_or_zero),
+}
+
+
+def errors(samples: dict, moments: dict, names) -> tuple[float, float]:
+    """Largest standardised mean error and |log sd ratio| over ``names``."""
+    worst_mean, worst_sd = 0.0, 0.0
+    for name in names:
+        mean, sd = (torch.tensor(v, dtype=torch.float64) for v in moments[name])
+        value = samples[name].double().reshape(len(samples[name]), -1)
+        worst_mean = max(worst_mean, ((value.mean(0) - mean.reshape(-1)).abs() / sd.reshape(-1)).max().item())
+        worst_sd = max(worst_sd, (value.std(0) / sd.reshape(-1)).log().abs().max().item())
+    return worst_mean, worst_sd
+
+
+def run(guide_name, model, args, kwargs, steps, moments, names, seed=0) -> dict:
+    pyro.clear_param_store()
+    pyro.set_rng_seed(seed)
+    guide = GUIDES[guide_name](model)
+    cpu, wall = time.process_time(), time.perf_counter()
+    losses = fit(model, guide, *args, num_steps=steps, progress=False, seed=seed, **kwargs)
+    cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+    d = draw(model, guide, *args, num_samples=4000, **kwargs)
+    finite = torch.isfinite(d.log_weights)
+    khat = psis(d.log_weights).khat if finite.all() else float("inf")
+    mean_err, log_sd = errors(d.samples, moments, names)
+    return {
+        "guide": guide_name,
+        "cpu_s": cpu,
+        "wall_s": wall,
+        "params": sum(p.numel() for p in guide.parameters()),
+        "elbo": float(d.log_weights[finite].mean()),
+        "khat": khat,
+        "mean_err": mean_err,
+        "log_sd": log_sd,
+        "pass": khat < 0.7 and mean_err < 0.1 and log_sd < 0.1,
+        "final_loss": float(np.mean(losses[-100:])),
+    }
+
+
+def small(reference: dict, guides, steps: int) -> list[dict]:
+    rows = []
+    moments = reference["50"]["moments"]
+    for dtype in (torch.float32, torch.float64):
+        data = h.simulate(50, 10, dtype=dtype)
+        args = (data["x"], data["group"], 50, data["y"])
+        for centered in (True, False):
+            names = h.GLOBALS + (("a", "b") if centered else ("a_raw", "b_raw", "a", "b"))
+            for guide in guides:
+                row = run(guide, h.regression, args, {"centered": centered}, steps, moments, names)
+                rows.append({"form": "centred" if centered else "non-centred", "dtype": str(dtype)[6:], **row})
+                print(rows[-1], flush=True)
+    return rows
+
+
+def step_ms(model, guide, args, kwargs, steps: int = 30) -> float:
+    fit(model, guide, *args, num_steps=5, progress=False, **kwargs)  # set up outside the timing
+    start = time.perf_counter()
+    fit(model, guide, *args, num_steps=steps, progress=False, **kwargs)
+    return 1000 * (time.perf_counter() - start) / steps
+
+
+def medium(reference: dict, guides, steps: int) -> list[dict]:
+    rows = []
+    moments = reference["1000"]["moments"]
+    data = h.simulate(1000, 10)
+    args = (data["x"], data["group"], 1000, data["y"])
+    for guide_name in guides:
+        if guide_name == "AutoFlow (joint)":
+            continue  # 2005-D joint flow: 45M parameters, ~1 s per step (issue 22's figures)
+        pyro.clear_param_store()
+        ms = step_ms(h.regression, GUIDES[guide_name](h.regression), args, {})
+        row = run(guide_name, h.regression, args, {}, steps, moments, h.GLOBALS)
+        rows.append({"groups": 1000, "ms_per_step": ms, **row})
+        print(rows[-1], flush=True)
+    return rows
+
+
+def large(steps: int, groups: int = 20_000, rows_per_group: int = 50, batch: int = 500) -> list[dict]:
+    data = h.simulate(groups, rows_per_group)
+    args = (data["x_grouped"], data["y_grouped"], batch)
+    pyro.clear_param_store()
+    guide = AutoFlow(h.grouped_regression)
+    cpu, wall = time.process_time(), time.perf_counter()
+    fit(h.grouped_regression, guide, *args, num_steps=steps, progress=False, seed=0)
+    cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+    samples = guide.sample_posterior(4000)
+    covered = {}
+    for name in h.GLOBALS:
+        low, high = samples[name].quantile(torch.tensor([0.025, 0.975])).tolist()
+        covered[name] = bool(low <= h.TRUTH[name] <= high)
+    peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    row = {
+        "groups": groups,
+        "rows": groups * rows_per_group,
+        "batch_groups": batch,
+        "steps": steps,
+        "wall_s": wall,
+        "cpu_s": cpu,
+        "peak_gb": peak_gb,
+        "params": sum(p.numel() for p in guide.parameters()),
+        "covered": all(covered.values()),
+        **{f"{k}_mean": float(samples[k].mean()) for k in h.GLOBALS},
+    }
+    print(row, flush=True)
+    return [row]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tables", nargs="*", default=["small", "medium", "large"])
+    parser.add_argument("--guides", nargs="*", default=list(GUIDES))
+    parser.add_argument("--steps", type=int, default=2000)
+    parser.add_argument("--large-steps", type=int, default=3000)
+    parser.add_argument("--results", default="hierarchical")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    warnings.filterwarnings("ignore")
+    reference = json.loads(REFERENCE.read_text())
+    results = {"args": vars(args)}
+    if "small" in args.tables:
+        results["small"] = small(reference, args.guides, args.steps)
+        print(table(results["small"], ["form", "dtype", "guide", "cpu_s", "khat", "mean_err", "log_sd", "pass"]))
+    if "medium" in args.tables:
+        results["medium"] = medium(reference, args.guides, args.steps)
+        columns = ["guide", "ms_per_step", "params", "elbo", "khat", "mean_err", "log_sd"]
+        print(table(results["medium"], columns))
+    if "large" in args.tables:
+        results["large"] = large(args.large_steps)
+        print(table(results["large"], ["groups", "rows", "steps", "wall_s", "cpu_s", "peak_gb", "covered"]))
+    save(args.results, results)
+
+
+if __name__ == "__main__":
+    main()
