@@ -111,7 +111,7 @@ def test_param_store_reload_does_not_refit(hierarchical, tmp_path, monkeypatch):
     def no_warm_start(*_, **__):
         raise AssertionError("the warm start ran again")
 
-    monkeypatch.setattr(autoguide, "mean_field", no_warm_start)
+    monkeypatch.setattr(autoguide, "mean_field_vector", no_warm_start)
     fresh = AutoFlow(model)
     fresh(*args)
     pyro.set_rng_seed(3)

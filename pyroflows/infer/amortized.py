@@ -12,7 +12,25 @@ from torch import nn
 
 from pyroflows import flows
 
-__all__ = ["AmortizedFlow"]
+__all__ = ["AmortizedFlow", "conditional_spline_flow"]
+
+
+def conditional_spline_flow(latent_dim, context_dim, num_transforms, hidden_dims, count_bins, bound):
+    """Conditional spline autoregressive layers in IAF mode (cheap sampling
+    and the density of their own samples), identity at initialisation;
+    ``None`` for ``num_transforms=0``."""
+    if not num_transforms:
+        return None
+    return flows.nsf(
+        latent_dim,
+        context_dim=context_dim,
+        num_transforms=num_transforms,
+        hidden_dims=hidden_dims,
+        count_bins=count_bins,
+        bound=bound,
+        variant="autoregressive",
+        mode="iaf",
+    )
 
 
 class AmortizedFlow(PyroModule):
@@ -76,20 +94,7 @@ class AmortizedFlow(PyroModule):
         self.head = nn.Linear(context_dim, 2 * latent_dim)
         nn.init.zeros_(self.head.weight)
         nn.init.zeros_(self.head.bias)
-        self.flow = (
-            flows.nsf(
-                latent_dim,
-                context_dim=context_dim,
-                num_transforms=num_transforms,
-                hidden_dims=hidden_dims,
-                count_bins=count_bins,
-                bound=bound,
-                variant="autoregressive",
-                mode="iaf",
-            )
-            if num_transforms
-            else None
-        )
+        self.flow = conditional_spline_flow(latent_dim, context_dim, num_transforms, hidden_dims, count_bins, bound)
 
     def posterior(self, x: torch.Tensor) -> dist.Distribution:
         """``q(z | x)`` for a batch of data ``x``: batch shape (batch,), event (latent_dim,)."""

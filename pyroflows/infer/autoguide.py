@@ -22,7 +22,7 @@ from pyroflows.infer.guide_transform import GuideTransform
 from pyroflows.infer.latent import LatentSpace, check_continuous, init_to_mean_or_zero, isolated
 from pyroflows.infer.layout import LatentLayout, members_interact
 from pyroflows.infer.members import MemberFlow
-from pyroflows.infer.warm_start import gaussian_warm_start, laplace, mean_field
+from pyroflows.infer.warm_start import gaussian_warm_start, laplace, mean_field_vector
 from pyroflows.transforms import ActNorm, LogDetEstimator, Spline, TriangularAffine
 
 __all__ = ["AutoFlow", "PRESETS", "default_options"]
@@ -202,18 +202,15 @@ class AutoFlow(AutoContinuous):
 
     def _warm_start(self, layout: LatentLayout, space: LatentSpace | None, dtype, args, kwargs) -> None:
         glob = layout.global_index
+        mean_field_only = layout.plate is not None or (self.warm_start == "auto" and layout.dim > LAPLACE_MAX_DIM)
         if self.warm_start is None:
             loc = space.init if space is not None else torch.zeros(layout.dim, dtype=dtype)
             scale = torch.ones(layout.dim, dtype=dtype)
             tril = torch.diag(scale[glob])
-        elif self.warm_start == "mean_field" or layout.plate is not None:
-            locs, scales = mean_field(self.model, args, kwargs)
-            loc = torch.cat([locs[n].reshape(-1) for n in layout.sites]).to(dtype)
-            scale = torch.cat([scales[n].reshape(-1) for n in layout.sites]).to(dtype)
+        elif self.warm_start == "mean_field" or mean_field_only:
+            loc, scale = mean_field_vector(self.model, layout.sites, args, kwargs, dtype)
             tril = torch.diag(scale[glob])
-        elif self.warm_start == "laplace" or layout.dim > LAPLACE_MAX_DIM:
-            if layout.dim > LAPLACE_MAX_DIM and self.warm_start == "auto":
-                return self._warm_start_mean_field_only(layout, dtype, args, kwargs)
+        elif self.warm_start == "laplace":
             loc, tril = laplace(space, *args, **kwargs)
             scale = tril.diagonal()
         else:
@@ -226,13 +223,6 @@ class AutoFlow(AutoContinuous):
             _, local_loc = layout.split(loc)
             _, local_scale = layout.split(scale)
             self.members.set_members(local_loc, local_scale)
-
-    def _warm_start_mean_field_only(self, layout, dtype, args, kwargs) -> None:
-        locs, scales = mean_field(self.model, args, kwargs)
-        loc = torch.cat([locs[n].reshape(-1) for n in layout.sites]).to(dtype)
-        scale = torch.cat([scales[n].reshape(-1) for n in layout.sites]).to(dtype)
-        self.preconditioner_loc = PyroParam(loc.detach().clone())
-        self.preconditioner_scale_tril = PyroParam(torch.diag(scale).detach().clone())
 
     @staticmethod
     def _report_warm_start(best, candidates) -> None:
@@ -260,7 +250,7 @@ class AutoFlow(AutoContinuous):
             return eps, eps, eps.new_zeros(eps.shape[:-1])
         flow, affine = self.flow, self.affine  # each access registers the module's params with Pyro: once per call
         u = flow(eps)
-        log_det = flow.log_abs_det_jacobian(eps, u) if len(flow.parts) else eps.new_zeros(eps.shape[:-1])
+        log_det = flow.log_abs_det_jacobian(eps, u)
         w = affine(u)
         log_det = log_det + affine.log_abs_det_jacobian(u, w)
         tril = self.preconditioner_scale_tril.detach()

@@ -23,7 +23,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from pyroflows import flows
+from pyroflows.infer.amortized import conditional_spline_flow
 
 __all__ = ["MemberFlow"]
 
@@ -71,20 +71,7 @@ class MemberFlow(nn.Module):
         context_dim = global_dim + embedding_dim
         self.register_buffer("tril", torch.tril_indices(local_dim, local_dim, -1), persistent=False)
         self.head = _mlp(context_dim, hidden_dims, 2 * local_dim + self.tril.shape[1])
-        self.flow = (
-            flows.nsf(
-                local_dim,
-                context_dim=context_dim,
-                num_transforms=num_transforms,
-                hidden_dims=hidden_dims,
-                count_bins=count_bins,
-                bound=bound,
-                variant="autoregressive",
-                mode="iaf",
-            )
-            if num_transforms
-            else None
-        )
+        self.flow = conditional_spline_flow(local_dim, context_dim, num_transforms, hidden_dims, count_bins, bound)
 
     @torch.no_grad()
     def set_members(self, loc: torch.Tensor, scale: torch.Tensor) -> None:

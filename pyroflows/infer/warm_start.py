@@ -27,7 +27,7 @@ from pyro.infer.autoguide import AutoNormal
 
 from pyroflows.infer.latent import LatentSpace, init_to_mean_or_zero
 
-__all__ = ["Candidate", "gaussian_elbo", "gaussian_warm_start", "laplace", "mean_field"]
+__all__ = ["Candidate", "gaussian_elbo", "gaussian_warm_start", "laplace", "mean_field", "mean_field_vector"]
 
 MIN_EIGENVALUE = 1e-10  # floor on Hessian eigenvalues, relative to the largest
 MAX_CONDITION = 1e12  # a Laplace covariance past this condition number is degenerate
@@ -227,6 +227,13 @@ def mean_field(model, args, kwargs, num_steps: int = 300, lr: float = 0.05) -> t
     return locs, scales
 
 
+def mean_field_vector(model, names, args, kwargs, dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`mean_field` as flat ``(loc, scale)`` vectors, sites in the order ``names``."""
+    locs, scales = mean_field(model, args, kwargs)
+    loc = torch.cat([locs[n].reshape(-1) for n in names]).to(dtype)
+    return loc, torch.cat([scales[n].reshape(-1) for n in names]).to(dtype)
+
+
 def _deep_getattr(obj, dotted: str):
     for part in dotted.split("."):
         obj = getattr(obj, part)
@@ -277,9 +284,7 @@ def gaussian_warm_start(
         candidate.name = "Laplace from the prior mean" if i == 0 else f"Laplace from prior draw {i}"
         candidates.append(candidate)
     if mean_field_steps:
-        locs, scales = mean_field(model, args, kwargs, mean_field_steps)
-        loc = torch.cat([locs[n].reshape(-1) for n in space.sites]).to(dtype)
-        scale = torch.cat([scales[n].reshape(-1) for n in space.sites]).to(dtype)
+        loc, scale = mean_field_vector(model, space.sites, args, kwargs, dtype)
         candidates.append(Candidate("mean-field fit", loc, torch.diag(scale)))
     eps = torch.randn(num_draws, space.dim, generator=generator, dtype=dtype)
     for candidate in candidates:
