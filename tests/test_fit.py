@@ -44,6 +44,24 @@ def test_custom_guide_with_pyro_params():
     assert abs(pyro.param("q_loc").item() - data.mean().item()) < 0.2
 
 
+def test_the_guide_keeps_the_average_of_its_last_iterates():
+    history = []
+
+    def guide(data):
+        loc = pyro.param("q_loc", torch.tensor(0.0))
+        history.append(loc.item())
+        pyro.sample("loc", dist.Normal(loc, 1.0))
+
+    data = torch.randn(20) + 4.0
+    options = {"num_steps": 40, "lr": 0.5, "num_particles": 1, "progress": False, "seed": 0}
+    fit(normal_model, guide, data, average=0.0, **options)
+    iterates = history[1:] + [pyro.param("q_loc").item()]  # the value after each step
+    pyro.clear_param_store()
+    fit(normal_model, guide, data, average=0.25, **options)
+    assert pyro.param("q_loc").item() == pytest.approx(np.mean(iterates[-10:]), abs=1e-5)
+    assert pyro.param("q_loc").item() != pytest.approx(iterates[-1], abs=1e-4)
+
+
 @pytest.mark.parametrize("validate", [True, False])
 def test_non_finite_loss_restores_parameters_and_raises(validate):
     history = []
@@ -97,6 +115,7 @@ def test_learning_rate_schedule():
         ({"num_particles": 1.5}, "num_particles"),
         ({"warmup": 1.0}, "warmup"),
         ({"final_lr": 0.0}, "final_lr"),
+        ({"average": 1.0}, "average"),
     ],
 )
 def test_bad_options_raise(options, message):

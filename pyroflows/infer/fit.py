@@ -81,6 +81,7 @@ def fit(
     warmup: float = 0.05,
     final_lr: float = 0.05,
     clip_norm: float | None = 10.0,
+    average: float = 0.2,
     num_particles: int = 8,
     vectorize_particles: bool = True,
     loss: ELBO | None = None,
@@ -97,6 +98,9 @@ def fit(
     to ``final_lr * lr``; gradients clipped to global norm ``clip_norm``;
     ``Trace_ELBO`` with ``num_particles`` particles, vectorised when the model
     allows (else sequential, with a warning). Works with any Pyro guide.
+    Over the last ``average`` fraction of steps (0: off) the parameters are
+    averaged (Polyak-Ruppert), and the average is what the guide keeps: it
+    removes most of the final iterate's gradient noise at no cost.
 
     A NaN or infinite loss or gradient restores the parameters that produced
     the last finite loss and raises :class:`NonFiniteLossError`. Optional
@@ -117,6 +121,8 @@ def fit(
     _check_positive("num_particles", num_particles, int)
     if not 0 <= warmup < 1:
         raise ValueError(f"warmup must be a fraction in [0, 1), got {warmup!r}")
+    if not 0 <= average < 1:
+        raise ValueError(f"average must be a fraction in [0, 1), got {average!r}")
     if not 0 < final_lr <= 1:
         raise ValueError(f"final_lr must be a fraction in (0, 1], got {final_lr!r}")
     if seed is not None:
@@ -129,6 +135,9 @@ def fit(
     good: list[torch.Tensor] = []
     losses: list[float] = []
     stopper = _Stopper(early_stopping) if early_stopping else None
+    average_from = num_steps - int(average * num_steps) if average else num_steps
+    averaged: list[torch.Tensor] | None = None
+    count = 0
     start = time.perf_counter()
     bar = tqdm(range(num_steps), disable=not progress, desc="fit", leave=False)
     for step in bar:
@@ -150,6 +159,7 @@ def fit(
             params = current
             optimizer = torch.optim.Adam(params, lr=lr)
             good = [p.detach().clone() for p in params]
+            averaged = None
         grads = [p.grad for p in params if p.grad is not None]
         # one global norm serves the finiteness check and the clipping (a single sync per step)
         norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads))).item() if grads else 0.0
@@ -165,6 +175,13 @@ def fit(
             group["lr"] = lr * learning_rate_factor(step, num_steps, warmup, final_lr)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+        if step >= average_from:
+            count = 1 if averaged is None else count + 1
+            with torch.no_grad():
+                if averaged is None:
+                    averaged = [p.detach().clone() for p in params]
+                else:
+                    torch._foreach_lerp_(averaged, [p.detach() for p in params], 1.0 / count)
         losses.append(value)
         if progress and step % 25 == 0:
             bar.set_postfix(loss=f"{np.mean(losses[-25:]):.4g}")
@@ -173,4 +190,6 @@ def fit(
         if max_seconds is not None and time.perf_counter() - start > max_seconds:
             break
     bar.close()
+    if averaged is not None:
+        _restore(params, averaged)
     return np.asarray(losses)
