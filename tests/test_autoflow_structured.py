@@ -4,6 +4,7 @@ import pyro
 import pyro.distributions as dist
 import pytest
 import torch
+from pyro import poutine
 
 from pyroflows.diagnostics import draw, psis_diagnostic
 from pyroflows.infer import AutoFlow, fit
@@ -100,3 +101,51 @@ def test_subsampled_groups_cost_only_their_members():
     assert samples["a_raw"].shape == (50, 200, 1)
     with pytest.raises(ValueError, match="structured"):
         AutoFlow(h.grouped_regression, structure="joint")(d["x_grouped"], d["y_grouped"], 20)
+
+
+LAYOUTS = {
+    "long": (h.regression, lambda d: (d["x"], d["group"], 30, d["y"])),
+    "grouped": (h.grouped_regression, lambda d: (d["x_grouped"], d["y_grouped"], None, True)),
+    "subsampled": (h.grouped_regression, lambda d: (d["x_grouped"], d["y_grouped"], 12, True)),
+}
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_laplace_conditional_is_the_exact_conditional_of_the_locals_before_any_training(layout):
+    # Gaussian effects, Gaussian likelihood: one Newton step gives q(locals | globals) = p(locals | globals, y)
+    model, make_args = LAYOUTS[layout]
+    d = h.simulate(30, 10, dtype=torch.float64)
+    args = make_args(d)
+    guide = AutoFlow(model, warm_start=None)
+    guide(*args)
+    eps = torch.randn(5, guide.latent_dim, dtype=torch.float64)
+    values = guide.constrained_values(guide.base_to_latent(eps)[0])
+    mu = torch.stack([values["mu_a"], values["mu_b"]], -1).reshape(5, 2)
+    scales = torch.stack([values["sigma_a"], values["sigma_b"]], -1).reshape(5, 2)
+    mean, cov = h.group_posterior(
+        mu, scales, values["sigma"].reshape(5), h.group_statistics(d["x_grouped"], d["y_grouped"])
+    )
+    effects = torch.stack([values["a"].reshape(5, 30), values["b"].reshape(5, 30)], -1)
+    whitened = torch.linalg.solve_triangular(torch.linalg.cholesky(cov), (effects - mean).unsqueeze(-1), upper=False)
+    _, eps_local = guide.layout.split(eps)
+    # the map from eps_i to the whitened effects is a rotation: norms agree member by member
+    assert torch.allclose(whitened.squeeze(-1).norm(dim=-1), eps_local.reshape(5, 30, 2).norm(dim=-1), atol=1e-6)
+
+
+def test_sampling_site_the_guide_does_not_see_falls_back_to_the_learned_conditional():
+    def model(num):
+        loc = pyro.sample("loc", dist.Normal(0.0, 1.0))
+        noise = poutine.block(lambda: pyro.sample("noise", dist.Normal(0.0, 1.0)))()
+        pyro.sample("obs", dist.Normal(loc + noise, 1.0), obs=torch.tensor(0.5))
+        with pyro.plate("members", num):
+            pyro.sample("z", dist.Normal(loc, 1.0))
+
+    guide = AutoFlow(model, warm_start=None)
+    with pytest.warns(UserWarning, match="still draws random numbers"):
+        guide(6)
+    assert guide.layout.plate is not None and guide.sample_posterior(4)["z"].shape == (4, 6)
+
+
+def test_conditional_must_be_named():
+    with pytest.raises(ValueError, match="conditional must be one of"):
+        AutoFlow(h.regression, conditional="newton")

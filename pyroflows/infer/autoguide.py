@@ -19,8 +19,9 @@ from pyro.nn import PyroParam
 
 from pyroflows import flows
 from pyroflows.infer.guide_transform import GuideTransform
-from pyroflows.infer.latent import LatentSpace, check_continuous, init_to_mean_or_zero, isolated
+from pyroflows.infer.latent import LatentSpace, check_continuous, init_to_mean_or_zero, isolated, max_plate_nesting
 from pyroflows.infer.layout import LatentLayout, members_interact
+from pyroflows.infer.local_laplace import MAX_LOCAL_DIM, LocalLaplace
 from pyroflows.infer.members import MemberFlow
 from pyroflows.infer.warm_start import gaussian_warm_start, laplace, mean_field_vector
 from pyroflows.transforms import ActNorm, LogDetEstimator, Spline, TriangularAffine
@@ -39,6 +40,8 @@ EXACT_LOG_DET_MAX_DIM = 16  # resflow preset: exact log-det up to this latent si
 LAPLACE_MAX_DIM = 500  # above this the joint warm start skips the O(D^2) Laplace candidates
 WARM_STARTS = ("auto", "laplace", "mean_field", None)
 STRUCTURES = ("auto", "plates", "joint")
+CONDITIONALS = ("laplace", "learned")
+SAMPLE_CHUNK = 256  # draws per pass when the locals need the model (bounds memory)
 
 
 def default_options(flow: str, latent_dim: int) -> dict:
@@ -84,7 +87,13 @@ class AutoFlow(AutoContinuous):
     the same way), costs time and parameters linear in the number of
     members, and subsamples when the model's plate does. Nested plates,
     latents in two plates, or members whose terms interact fall back to the
-    joint form, with a warning.
+    joint form, with a warning. With ``conditional="laplace"`` (default) the
+    member flow starts from a Gaussian computed for every draw of the
+    globals by one Newton step on the member's log density
+    (:mod:`~pyroflows.infer.local_laplace`): exact for Gaussian random
+    effects with a Gaussian likelihood, Laplace's approximation otherwise;
+    ``"learned"``: a free per-member location and scale instead (cheaper per
+    step, less accurate on the globals).
 
     **Warm start** (``"auto"``): joint form: the best by ELBO of the Laplace
     approximation from the prior mean, Laplace from two prior draws and a
@@ -103,6 +112,8 @@ class AutoFlow(AutoContinuous):
         embedding_dim: per-member embedding size (structured form).
         local_transforms: conditional spline layers of the member flow (structured form).
         local_hidden_dims: widths of the member flow's networks.
+        conditional: ``"laplace"`` or ``"learned"``: the member flow's Gaussian (structured form; ``"laplace"``
+            needs at most 16 locals per member and a model that samples no site the guide does not see).
         **flow_options: options for the preset, overriding :func:`default_options`.
 
     Example:
@@ -124,6 +135,7 @@ class AutoFlow(AutoContinuous):
         embedding_dim: int = 8,
         local_transforms: int = 1,
         local_hidden_dims: tuple[int, ...] = (64, 64),
+        conditional: str = "laplace",
         **flow_options: Any,
     ):
         if isinstance(flow, str) and flow not in PRESETS:
@@ -134,12 +146,17 @@ class AutoFlow(AutoContinuous):
             raise ValueError(f"warm_start must be one of {WARM_STARTS}, got {warm_start!r}")
         if structure not in STRUCTURES:
             raise ValueError(f"structure must be one of {STRUCTURES}, got {structure!r}")
+        if conditional not in CONDITIONALS:
+            raise ValueError(f"conditional must be one of {CONDITIONALS}, got {conditional!r}")
         super().__init__(model, init_loc_fn=init_to_mean_or_zero)
         self.flow_spec, self.flow_options = flow, flow_options
         self.warm_start, self.structure = warm_start, structure
         self.member_options = {"embedding_dim": embedding_dim, "num_transforms": local_transforms}
         self.member_options["hidden_dims"] = tuple(local_hidden_dims)
+        self.conditional = conditional
         self._pending_state: dict | None = None
+        self._local_laplace: LocalLaplace | None = None
+        self._model_args: tuple | None = None
 
     # ---- set-up -------------------------------------------------------------------------------------------------
 
@@ -167,6 +184,31 @@ class AutoFlow(AutoContinuous):
                 super().load_state_dict(state)
             elif not reload:
                 self._warm_start(layout, space, dtype, args, kwargs)
+            self._plate_nesting = max_plate_nesting(self.prototype_trace)
+            self._model_args = (args, kwargs)
+            self._local_laplace = self._make_local_laplace(layout, args, kwargs)
+
+    def _make_local_laplace(self, layout: LatentLayout, args, kwargs) -> LocalLaplace | None:
+        if layout.plate is None or self.conditional != "laplace" or layout.local_dim > MAX_LOCAL_DIM:
+            return None
+        laplace = LocalLaplace(self.model, layout)
+        plate = layout.plate
+        index = torch.arange(plate.subsample_size or plate.size)
+        with torch.no_grad():
+            anchor = self.members.loc[index].reshape(self._member_shape(len(index), plate.dim))
+            values = self._global_values(self.preconditioner_loc.detach())
+        if laplace.deterministic(values, anchor, index, args, kwargs):
+            return laplace
+        warnings.warn(
+            "AutoFlow: the model, given the guide's latents, still draws random numbers (a site hidden by "
+            "poutine.block?) or has a non-finite log density at the warm start; the locals' Gaussian is learned "
+            "(conditional='learned') instead of a Newton step",
+            stacklevel=4,
+        )
+        return None
+
+    def _member_shape(self, size: int, plate_dim: int) -> tuple[int, ...]:
+        return (size,) + (1,) * (-plate_dim - 1) + (self._layout.local_dim,)
 
     def _check_structure(self, layout: LatentLayout) -> None:
         plated = any(s.cond_indep_stack for s in layout.sites.values())
@@ -208,7 +250,9 @@ class AutoFlow(AutoContinuous):
             scale = torch.ones(layout.dim, dtype=dtype)
             tril = torch.diag(scale[glob])
         elif self.warm_start == "mean_field" or mean_field_only:
-            loc, scale = mean_field_vector(self.model, layout.sites, args, kwargs, dtype)
+            # a Newton step per member makes the locals' start unimportant: a shorter fit for the globals
+            steps = 150 if layout.plate is not None and self.conditional == "laplace" else 300
+            loc, scale = mean_field_vector(self.model, layout.sites, args, kwargs, dtype, num_steps=steps)
             tril = torch.diag(scale[glob])
         elif self.warm_start == "laplace":
             loc, tril = laplace(space, *args, **kwargs)
@@ -264,8 +308,53 @@ class AutoFlow(AutoContinuous):
         g, w, log_det = self._globals(eps_g)
         if layout.plate is None:
             return layout.assemble(g, None), log_det
-        local, local_log_det = self.members(eps_l, w.unsqueeze(-2))
+        if self._local_laplace is None:
+            local, local_log_det = self.members(eps_l, w.unsqueeze(-2))
+        else:
+            local, local_log_det = self._all_members(eps_l, g, w)
         return layout.assemble(g, local), log_det + local_log_det.sum(-1)
+
+    def _all_members(self, eps_l: torch.Tensor, g: torch.Tensor, w: torch.Tensor):
+        """Locals (..., N, d) for every member, in the model's plate layout and
+        in chunks of the plate's subsample size (the model needs one)."""
+        if self._model_args is None:
+            raise ValueError("call the guide (or sample_posterior) with the model's arguments first")
+        plate, n = self._layout.plate, self._layout.plate.size
+        batch, size = eps_l.shape[:-2], plate.subsample_size or n
+        left = (-1,) + (1,) * self._plate_nesting
+        g, w = g.reshape(left + g.shape[-1:]), w.reshape(left + w.shape[-1:])
+        eps_l = eps_l.reshape((g.shape[0],) + eps_l.shape[-2:])
+        values = self._global_values(g)
+        locals_, log_dets = [], []
+        for start in range(0, n, size):
+            first = min(start, n - size)
+            index = torch.arange(first, first + size, device=eps_l.device)
+            shape = (g.shape[0],) + (1,) * (self._plate_nesting + plate.dim) + self._member_shape(size, plate.dim)
+            local, log_det = self._locals(eps_l[:, index].reshape(shape), w, values, index, plate.dim)
+            locals_.append(local.reshape(g.shape[0], size, -1)[:, start - first :])
+            log_dets.append(log_det.reshape(g.shape[0], size)[:, start - first :])
+        local, log_det = torch.cat(locals_, 1), torch.cat(log_dets, 1)
+        return local.reshape(batch + local.shape[1:]), log_det.reshape(batch + log_det.shape[1:])
+
+    def _locals(self, eps_l, w, global_values, index, plate_dim):
+        """The member flow for members ``index`` (``eps_l`` in the plate's layout)."""
+        members, gaussian = self.members, None
+        if self._local_laplace is not None:
+            shape = self._member_shape(len(index), plate_dim)
+            anchor = members.loc[index].reshape(shape).expand(eps_l.shape)
+            fallback = members.log_scale[index].exp().reshape(shape)
+            args, kwargs = self._model_args
+            gaussian = self._local_laplace.gaussian(global_values, anchor, index, fallback, args, kwargs)
+        return members(eps_l, w, index, plate_dim, gaussian)
+
+    def _global_values(self, g: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Unconstrained value of each global site for globals ``g`` (..., Dg)."""
+        layout = self._layout
+        return {
+            name: g[..., layout.slices[name]].reshape(g.shape[:-1] + s.unconstrained_shape)
+            for name, s in layout.sites.items()
+            if not s.local
+        }
 
     def get_base_dist(self):
         zero = torch.zeros(self.latent_dim, dtype=self.preconditioner_loc.dtype, device=self.preconditioner_loc.device)
@@ -297,16 +386,15 @@ class AutoFlow(AutoContinuous):
             base = dist.Normal(zero, 1.0).expand([layout.global_dim]).to_event(1)
             eps_g = pyro.sample("_AutoFlow_globals", base, infer={"is_auxiliary": True})
         g, w, global_log_det = self._globals(eps_g)
-        result = {}
-        for name, s in layout.sites.items():
-            if not s.local:
-                value = g[..., layout.slices[name]].reshape(g.shape[:-1] + s.unconstrained_shape)
-                result[name] = self._delta(s, value, global_log_det, plates)
-                global_log_det = 0.0
+        self._model_args = (args, kwargs)
+        result, global_values = {}, self._global_values(g)
+        for name, value in global_values.items():
+            result[name] = self._delta(layout.sites[name], value, global_log_det, plates)
+            global_log_det = 0.0
         with plates[plate.name] as index:
             base = dist.Normal(zero, 1.0).expand([layout.local_dim]).to_event(1)
             eps_l = pyro.sample("_AutoFlow_locals", base, infer={"is_auxiliary": True})
-        local, local_log_det = self.members(eps_l, w, index, plate.dim)
+        local, local_log_det = self._locals(eps_l, w, global_values, index, plate.dim)
         prefix = local.shape[: local.dim() - 1 + plate.dim]
         for name, s in layout.sites.items():
             if s.local:
@@ -332,7 +420,15 @@ class AutoFlow(AutoContinuous):
 
     def _unconstrained_draws(self, num_samples: int) -> torch.Tensor:
         eps = self.get_base_dist().sample((num_samples,))
-        return self.base_to_latent(eps)[0]
+        if self._local_laplace is None:
+            return self.base_to_latent(eps)[0]
+        return torch.cat([self.base_to_latent(chunk)[0] for chunk in eps.split(SAMPLE_CHUNK)])
+
+    def _ready(self, args, kwargs) -> None:
+        if self.prototype_trace is None:
+            self._setup_prototype(*args, **kwargs)
+        elif args or kwargs:
+            self._model_args = (args, kwargs)
 
     @property
     def layout(self) -> LatentLayout:
@@ -348,8 +444,7 @@ class AutoFlow(AutoContinuous):
     def sample_posterior(self, num_samples: int, *args, **kwargs) -> dict[str, torch.Tensor]:
         """``num_samples`` draws of every latent site, (num_samples, *site shape)
         each, plates at full size (use :func:`pyroflows.diagnostics.draw` for deterministic sites too)."""
-        if self.prototype_trace is None:
-            self._setup_prototype(*args, **kwargs)
+        self._ready(args, kwargs)
         return self.constrained_values(self._unconstrained_draws(num_samples))
 
     @torch.no_grad()
@@ -365,8 +460,7 @@ class AutoFlow(AutoContinuous):
         q = torch.as_tensor(quantiles)
         if q.dim() != 1 or (q < 0).any() or (q > 1).any():
             raise ValueError(f"quantiles must be a list of numbers in [0, 1], got {quantiles!r}")
-        if self.prototype_trace is None:
-            self._setup_prototype(*args, **kwargs)
+        self._ready(args, kwargs)
         draws = self._unconstrained_draws(num_samples)
         return self.constrained_values(torch.quantile(draws, q.to(draws.dtype), dim=0))
 

@@ -10,6 +10,9 @@ with ``f`` a conditional spline autoregressive flow (IAF mode), ``b, L``
 (shift and lower-triangular matrix with a positive diagonal) from an MLP of
 the context, and ``m_i, s_i`` free per-member location and scale (the
 mean-field warm start). Identity at initialisation: ``l_i = m_i + s_i eps_i``.
+Given a Gaussian ``N(mu_i, (R_i R_i^T)^{-1})`` per member (from
+:mod:`~pyroflows.infer.local_laplace`), ``m_i + s_i u`` is replaced by
+``mu_i + R_i^{-T} u``: the flow then corrects that Gaussian.
 
 Parameters: ``N (2 d + E)`` for the members plus a fixed number for the
 networks, so cost and memory grow linearly in the number of members ``N``,
@@ -80,15 +83,22 @@ class MemberFlow(nn.Module):
         self.log_scale.copy_(scale.clamp(min=1e-6).log())
 
     def forward(
-        self, eps: torch.Tensor, whitened: torch.Tensor, index: torch.Tensor | None = None, plate_dim: int = -1
+        self,
+        eps: torch.Tensor,
+        whitened: torch.Tensor,
+        index: torch.Tensor | None = None,
+        plate_dim: int = -1,
+        gaussian: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Locals and log|det| for base draws ``eps``.
 
         ``eps`` has its member dim at batch dim ``plate_dim`` (so it lines up
         with a Pyro plate): (..., B, 1, ..., 1, d); ``whitened`` (..., Dg)
         broadcasts against its batch dims; ``index`` (B,) names the members
-        (``None``: all). Returns locals of ``eps``'s shape and log|det| of
-        its batch shape.
+        (``None``: all). ``gaussian``: a per-draw ``(mean, R)`` (precision
+        ``R R^T``, from :func:`~pyroflows.infer.local_laplace.newton_gaussian`)
+        that replaces the free location and scale: ``l = mean + R^{-T} v``.
+        Returns locals of ``eps``'s shape and log|det| of its batch shape.
         """
         params = (self.loc, self.log_scale, self.embedding)
         if index is not None:
@@ -96,9 +106,16 @@ class MemberFlow(nn.Module):
         loc, log_scale, embedding = (p.reshape(p.shape[:1] + (1,) * (-plate_dim - 1) + p.shape[1:]) for p in params)
         batch = torch.broadcast_shapes(eps.shape[:-1], whitened.shape[:-1], embedding.shape[:-1])
         parts = (whitened.expand(batch + whitened.shape[-1:]), embedding.expand(batch + embedding.shape[-1:]))
-        context = torch.cat(parts, -1)
-        u = eps.expand(batch + eps.shape[-1:])
-        log_det = u.new_zeros(batch)
+        v, log_det = self._standard(eps.expand(batch + eps.shape[-1:]), torch.cat(parts, -1))
+        if gaussian is None:
+            return loc + log_scale.exp() * v, log_det + log_scale.sum(-1)
+        mean, chol = gaussian
+        v = torch.linalg.solve_triangular(chol.mT, v.unsqueeze(-1), upper=True).squeeze(-1)
+        return mean + v, log_det - chol.diagonal(dim1=-2, dim2=-1).log().sum(-1)
+
+    def _standard(self, u: torch.Tensor, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``b(c) + L(c) f(u; c)`` and its log|det|."""
+        log_det = u.new_zeros(u.shape[:-1])
         if self.flow is not None:
             conditioned = self.flow.condition(context)
             v = conditioned(u)
@@ -109,8 +126,7 @@ class MemberFlow(nn.Module):
         shift, log_diag, lower = head[..., :d], head[..., d : 2 * d], head[..., 2 * d :]
         v = shift + log_diag.exp() * u
         if lower.shape[-1]:
-            matrix = u.new_zeros(batch + (d, d))
+            matrix = u.new_zeros(u.shape + (d,))
             matrix[..., self.tril[0], self.tril[1]] = lower
             v = v + (matrix @ u.unsqueeze(-1)).squeeze(-1)
-        log_det = log_det + log_diag.sum(-1) + log_scale.sum(-1)
-        return loc + log_scale.exp() * v, log_det
+        return v, log_det + log_diag.sum(-1)

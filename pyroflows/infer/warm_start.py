@@ -227,9 +227,9 @@ def mean_field(model, args, kwargs, num_steps: int = 300, lr: float = 0.05) -> t
     return locs, scales
 
 
-def mean_field_vector(model, names, args, kwargs, dtype) -> tuple[torch.Tensor, torch.Tensor]:
+def mean_field_vector(model, names, args, kwargs, dtype, num_steps: int = 300) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`mean_field` as flat ``(loc, scale)`` vectors, sites in the order ``names``."""
-    locs, scales = mean_field(model, args, kwargs)
+    locs, scales = mean_field(model, args, kwargs, num_steps=num_steps)
     loc = torch.cat([locs[n].reshape(-1) for n in names]).to(dtype)
     return loc, torch.cat([scales[n].reshape(-1) for n in names]).to(dtype)
 
