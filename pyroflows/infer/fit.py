@@ -157,7 +157,7 @@ def fit(
         current = [site["value"].unconstrained() for site in capture.trace.nodes.values()]
         if optimizer is None or len(current) != len(params):
             params = current
-            optimizer = torch.optim.Adam(params, lr=lr)
+            optimizer = torch.optim.Adam(params, lr=lr, foreach=True)
             good = [p.detach().clone() for p in params]
             averaged = None
         grads = [p.grad for p in params if p.grad is not None]
