@@ -159,3 +159,23 @@ def test_resflow_preset_fits_a_banana():
     after = draw(banana, guide, num_samples=2000).samples["y"].mean()
     assert losses[-50:].mean() < losses[:50].mean() - 0.5
     assert after > before + 0.1  # moving from the Laplace fit at the mode towards E[y] = E[x^2] = 1
+
+
+def test_warm_start_prefers_a_reliable_laplace_unless_another_start_sits_in_a_better_mode():
+    from pyroflows.infer.latent import LatentSpace
+    from pyroflows.infer.warm_start import Candidate, _choose
+
+    def normal():
+        pyro.sample("x", dist.Normal(0.0, 1.0))
+
+    space, eye = LatentSpace(normal), torch.eye(1)
+
+    def laplace(at, elbo, problem=None):
+        return Candidate("Laplace from the prior mean", torch.tensor([at]), eye, elbo, problem)
+
+    mean_field = Candidate("mean-field fit", torch.tensor([0.5]), eye, elbo=-1.0)
+    # a better ELBO as a Gaussian is not enough: the Laplace approximation keeps the correlations
+    assert _choose(space, [laplace(0.0, -5.0), mean_field], (), {}).name.startswith("Laplace")
+    # a mean-field fit in a better mode than the MAP found, or an unreliable Laplace, lets it win
+    assert _choose(space, [laplace(2.0, -5.0), mean_field], (), {}) is mean_field
+    assert _choose(space, [laplace(0.0, -5.0, "its covariance is not finite"), mean_field], (), {}) is mean_field

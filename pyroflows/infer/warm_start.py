@@ -234,6 +234,20 @@ def mean_field_vector(model, names, args, kwargs, dtype, num_steps: int = 300) -
     return loc, torch.cat([scales[n].reshape(-1) for n in names]).to(dtype)
 
 
+def _choose(space: LatentSpace, candidates: list[Candidate], args, kwargs) -> Candidate:
+    reliable = [c for c in candidates if c.name.startswith("Laplace") and c.problem is None and math.isfinite(c.elbo)]
+    if not reliable:
+        return max(candidates, key=lambda c: c.elbo)
+    best = max(reliable, key=lambda c: c.elbo)
+    with torch.no_grad():
+        density = _guarded(lambda z: space.log_density(z, *args, **kwargs))
+        others = [c for c in candidates if not c.name.startswith("Laplace") and c.elbo > best.elbo]
+        for other in others:
+            if density(other.loc) > density(best.loc):  # a better mode than every reliable MAP
+                best = other
+    return best
+
+
 def _deep_getattr(obj, dotted: str):
     for part in dotted.split("."):
         obj = getattr(obj, part)
@@ -268,12 +282,17 @@ def gaussian_warm_start(
     num_draws: int = 256,
     seed: int = 0,
 ) -> tuple[Candidate, list[Candidate]]:
-    """The best of several Gaussian approximations, by their ELBO.
+    """The best of several Gaussian approximations.
 
     Candidates: the Laplace approximation from the prior mean, from
     ``num_starts - 1`` prior draws, and a ``mean_field_steps`` mean-field
-    fit. All are scored with the same ``num_draws`` base draws. Returns the
-    winner and every candidate (for reporting).
+    fit, all scored by their ELBO with the same ``num_draws`` base draws.
+    A reliable Laplace approximation wins (the best by ELBO among them): its
+    full covariance aligns the flow with the posterior's correlations, which
+    a diagonal cannot, even where its ELBO as a Gaussian is worse. The
+    mean-field fit wins when no Laplace approximation is reliable, or when
+    it sits in a better mode (a log density above every reliable MAP's).
+    Returns the winner and every candidate (for reporting).
     """
     generator = torch.Generator().manual_seed(seed)
     dtype = space.init.dtype
@@ -290,7 +309,7 @@ def gaussian_warm_start(
     for candidate in candidates:
         if candidate.problem not in ("the log density is not finite at the start", "the MAP search diverged"):
             candidate.elbo = gaussian_elbo(space, candidate, eps, args, kwargs)
-    best = max(candidates, key=lambda c: c.elbo)
+    best = _choose(space, candidates, args, kwargs)
     if not math.isfinite(best.elbo):
         best = Candidate("the initial point", space.init.clone(), torch.eye(space.dim, dtype=dtype))
     return best, candidates
