@@ -4,6 +4,7 @@ from pyroflows.infer.amortized import AmortizedFlow
 from pyroflows.infer.autoguide import PRESETS, AutoFlow, default_options
 from pyroflows.infer.fit import NonFiniteLossError, fit
 from pyroflows.infer.latent import LatentSpace, init_to_mean_or_zero, init_to_unconstrained_zero
+from pyroflows.infer.mass_covering import fit_mass_covering
 from pyroflows.infer.neutra import neutra
 from pyroflows.infer.prior import FlowPrior
 from pyroflows.infer.warm_start import laplace
@@ -17,6 +18,7 @@ __all__ = [
     "NonFiniteLossError",
     "default_options",
     "fit",
+    "fit_mass_covering",
     "init_to_mean_or_zero",
     "init_to_unconstrained_zero",
     "laplace",

@@ -1,0 +1,66 @@
+"""A mass-covering fine-tuning phase for a fitted guide.
+
+``fit`` maximises the ELBO, i.e. minimises ``KL(q || p)``: mode-seeking, so
+on thin, curved posteriors the guide comes out too narrow. Fine-tuning on
+Renyi's alpha-divergence bound (Li and Turner, 2016),
+
+.. math::
+    \\mathcal{L}_\\alpha = \\frac{1}{1 - \\alpha}
+    \\log \\frac1K \\sum_{k=1}^K \\Big(\\frac{p(x, z_k)}{q(z_k)}\\Big)^{1 - \\alpha},
+    \\qquad z_k \\sim q,
+
+with ``0 <= alpha < 1`` (``alpha = 0``: the importance-weighted bound of
+Burda et al.) rewards a guide that covers more of the posterior. It starts
+from the fitted guide: from scratch the bound's gradients for the guide are
+too noisy (their signal-to-noise ratio falls as ``K`` grows; Rainforth et
+al., 2018).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from pyro.infer import RenyiELBO
+
+from pyroflows.infer.fit import fit
+
+__all__ = ["fit_mass_covering"]
+
+
+def fit_mass_covering(
+    model,
+    guide,
+    *args,
+    alpha: float = 0.5,
+    num_particles: int = 32,
+    num_steps: int = 1000,
+    lr: float = 1e-3,
+    **kwargs,
+) -> np.ndarray:
+    """Fine-tune a fitted ``guide`` on Renyi's alpha bound; returns the loss per step.
+
+    Runs :func:`~pyroflows.infer.fit` (same schedule, clipping, averaging and
+    non-finite checks; its options pass through ``kwargs``) with Pyro's
+    ``RenyiELBO(alpha, num_particles, vectorize_particles=True)``. Call it
+    after ``fit``; the model must vectorise over particles and should not
+    subsample (the bound is not unbiased over minibatches).
+
+    Example:
+        >>> import pyro
+        >>> import pyro.distributions as dist
+        >>> from pyroflows.infer import AutoFlow, fit
+        >>> def model():
+        ...     pyro.sample("x", dist.Normal(3.0, 1.0))
+        >>> guide = AutoFlow(model)
+        >>> _ = fit(model, guide, num_steps=200, progress=False, seed=0)
+        >>> losses = fit_mass_covering(model, guide, num_steps=100, progress=False, seed=0)
+        >>> len(losses)
+        100
+    """
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 <= alpha < 1:
+        raise ValueError(f"alpha must be a number in [0, 1) (1 is the ELBO: use fit), got {alpha!r}")
+    if isinstance(num_particles, bool) or not isinstance(num_particles, int) or num_particles < 2:
+        raise ValueError(f"num_particles must be an int >= 2, got {num_particles!r}")
+    if "loss" in kwargs:
+        raise TypeError("fit_mass_covering sets the loss itself; for another objective call fit(loss=...)")
+    loss = RenyiELBO(alpha=alpha, num_particles=num_particles, vectorize_particles=True)
+    return fit(model, guide, *args, loss=loss, num_steps=num_steps, lr=lr, **kwargs)
