@@ -23,7 +23,7 @@ from pyroflows.infer.latent import LatentSpace, check_continuous, init_to_mean_o
 from pyroflows.infer.layout import LatentLayout, members_interact
 from pyroflows.infer.local_laplace import MAX_LOCAL_DIM, LocalLaplace
 from pyroflows.infer.members import MemberFlow
-from pyroflows.infer.warm_start import gaussian_warm_start, laplace, mean_field_vector
+from pyroflows.infer.warm_start import gaussian_warm_start, laplace, marginal_mode, mean_field_vector
 from pyroflows.transforms import ActNorm, LogDetEstimator, Spline, TriangularAffine
 
 __all__ = ["AutoFlow", "PRESETS", "default_options"]
@@ -184,9 +184,12 @@ class AutoFlow(AutoContinuous):
                 super().load_state_dict(state)
             elif not reload:
                 self._warm_start(layout, space, dtype, args, kwargs)
+            warm = self._pending_state is None and not reload and self.warm_start is not None
             self._plate_nesting = max_plate_nesting(self.prototype_trace)
             self._model_args = (args, kwargs)
             self._local_laplace = self._make_local_laplace(layout, args, kwargs)
+            if warm and self._local_laplace is not None:
+                self._marginal_warm_start(layout, args, kwargs)
 
     def _make_local_laplace(self, layout: LatentLayout, args, kwargs) -> LocalLaplace | None:
         if layout.plate is None or self.conditional != "laplace" or layout.local_dim > MAX_LOCAL_DIM:
@@ -206,6 +209,31 @@ class AutoFlow(AutoContinuous):
             stacklevel=4,
         )
         return None
+
+    def _marginal_warm_start(self, layout: LatentLayout, args, kwargs) -> None:
+        """Move the globals' preconditioner to the mode of their Laplace-marginal
+        density (every member's locals integrated out by Newton steps, all
+        members in chunks of the subsample size) and its scale to the inverse
+        Hessian there; keep the mean-field start if that fails."""
+        plate, members = layout.plate, self.members
+        chunks = list(torch.arange(plate.size).split(plate.subsample_size or plate.size))
+        with torch.no_grad():
+            shapes = [self._member_shape(len(index), plate.dim) for index in chunks]
+            anchors = [members.loc[i].reshape(shape) for i, shape in zip(chunks, shapes, strict=True)]
+            scales = [members.log_scale[i].exp().reshape(shape) for i, shape in zip(chunks, shapes, strict=True)]
+
+        def negative(g: torch.Tensor) -> torch.Tensor:
+            values = self._global_values(g)
+            return -self._local_laplace.marginal(values, chunks, anchors, scales, args, kwargs)
+
+        start = self.preconditioner_loc.detach().clone()
+        problem = marginal_mode(negative, start)
+        if isinstance(problem, str):
+            warnings.warn(f"AutoFlow warm start: {problem}; keeping the mean-field start", stacklevel=5)
+            return
+        loc, scale_tril = problem
+        self.preconditioner_loc = PyroParam(loc)
+        self.preconditioner_scale_tril = PyroParam(scale_tril)
 
     def _member_shape(self, size: int, plate_dim: int) -> tuple[int, ...]:
         return (size,) + (1,) * (-plate_dim - 1) + (self._layout.local_dim,)

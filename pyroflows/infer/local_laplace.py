@@ -26,6 +26,8 @@ fallback scale.
 
 from __future__ import annotations
 
+import functools
+
 import pyro
 import torch
 from pyro import poutine
@@ -80,17 +82,21 @@ def newton_gaussian(
 
 
 class _MemberTerms(Messenger):
-    """Sums every sample site's log density (a plate's subsampling scale removed)."""
+    """Sums every sample site's log density (a plate's subsampling scale
+    removed), or with ``plate_only`` only the sites inside the plate."""
 
-    def __init__(self, plate: str, unscale: float) -> None:
+    def __init__(self, plate: str, unscale: float, plate_only: bool = False) -> None:
         super().__init__()
-        self.plate, self.unscale, self.total = plate, unscale, 0.0
+        self.plate, self.unscale, self.plate_only, self.total = plate, unscale, plate_only, 0.0
 
     def _pyro_post_sample(self, msg) -> None:
         if site_is_subsample(msg):
             return
+        inside = any(frame.name == self.plate for frame in msg["cond_indep_stack"])
+        if self.plate_only and not inside:
+            return
         log_p = scale_and_mask(msg["fn"].log_prob(msg["value"]), msg["scale"], msg["mask"])
-        if any(frame.name == self.plate for frame in msg["cond_indep_stack"]):
+        if inside:
             log_p = log_p * self.unscale
         self.total = self.total + log_p.sum()
 
@@ -107,11 +113,18 @@ class LocalLaplace:
         self.model, self.layout = model, layout
 
     def log_density(
-        self, global_values: dict[str, torch.Tensor], locals_: torch.Tensor, index: torch.Tensor, args, kwargs
+        self,
+        global_values: dict[str, torch.Tensor],
+        locals_: torch.Tensor,
+        index: torch.Tensor,
+        args,
+        kwargs,
+        plate_only: bool = False,
     ) -> torch.Tensor:
         """Sum over members (and draws) of ``h_i``; ``locals_`` is
         (..., B, 1, ..., 1, d) with the member dim at the plate's dim and
-        ``global_values`` the globals' unconstrained values, batched alike."""
+        ``global_values`` the globals' unconstrained values, batched alike.
+        The terms outside the plate count too unless ``plate_only``."""
         layout, plate = self.layout, self.layout.plate
         prefix = locals_.shape[: locals_.dim() - 1 + plate.dim]
         values = {name: layout.sites[name].transform(u) for name, u in global_values.items()}
@@ -122,7 +135,7 @@ class LocalLaplace:
                 values[name] = site.transform(u)
                 total = total + site.transform.log_abs_det_jacobian(u, values[name]).sum()
         values[plate.name] = index
-        terms = _MemberTerms(plate.name, len(index) / plate.size)
+        terms = _MemberTerms(plate.name, len(index) / plate.size, plate_only)
         with isolated(), pyro.validation_enabled(False), terms:  # the guide's run of the model validates these
             poutine.condition(self.model, data=values)(*args, **kwargs)
         total = total + terms.total
@@ -133,6 +146,28 @@ class LocalLaplace:
         return newton_gaussian(
             lambda point: self.log_density(global_values, point, index, args, kwargs), anchor, fallback_scale
         )
+
+    def marginal(self, global_values, chunks, anchors, fallback_scales, args, kwargs) -> torch.Tensor:
+        """Laplace's approximation of ``log p(y, g)`` (up to a constant) at the
+        globals' unconstrained values ``global_values`` (unbatched): for
+        every chunk of members (indices ``chunks``, with their ``anchors`` and
+        ``fallback_scales``), two Newton steps, then ``h_i(mu_i) - log|R_i|``
+        summed; the terms outside the plate and the globals' Jacobians once.
+        Differentiable in the globals. Exact for Gaussian random effects
+        with a Gaussian likelihood (the marginal INLA and TMB maximise)."""
+        total = sum(
+            self.layout.sites[name].transform.log_abs_det_jacobian(u, self.layout.sites[name].transform(u)).sum()
+            for name, u in global_values.items()
+        )
+        for k, (index, anchor, scale) in enumerate(zip(chunks, anchors, fallback_scales, strict=True)):
+            density = functools.partial(
+                self.log_density, global_values, index=index, args=args, kwargs=kwargs, plate_only=k > 0
+            )
+            with torch.no_grad():
+                anchor, _ = newton_gaussian(density, anchor, scale)
+            mean, chol = newton_gaussian(density, anchor, scale)
+            total = total + density(mean) - chol.diagonal(dim1=-2, dim2=-1).log().sum()
+        return total
 
     def deterministic(self, global_values, anchor, index, args, kwargs) -> bool:
         """Whether the conditioned model draws no random numbers (every site it

@@ -313,3 +313,31 @@ def gaussian_warm_start(
     if not math.isfinite(best.elbo):
         best = Candidate("the initial point", space.init.clone(), torch.eye(space.dim, dtype=dtype))
     return best, candidates
+
+
+def marginal_mode(negative_log_density, start: torch.Tensor, max_iter: int = 100):
+    """``(mode, scale_tril of the inverse Hessian)`` of a smooth, cheap-to-
+    differentiate ``negative_log_density`` over a few variables, by L-BFGS
+    from ``start`` and an autograd Hessian; or a string saying what failed."""
+    point = start.detach().clone().requires_grad_(True)
+    with torch.enable_grad():
+        if not torch.isfinite(negative_log_density(point)):
+            return "the globals' Laplace-marginal density is not finite at the mean-field start"
+        optimizer = torch.optim.LBFGS([point], max_iter=max_iter, line_search_fn="strong_wolfe")
+
+        def closure():
+            optimizer.zero_grad()
+            value = negative_log_density(point)
+            value.backward()
+            return value
+
+        optimizer.step(closure)
+        mode = point.detach()
+        hessian = torch.autograd.functional.hessian(negative_log_density, mode)
+    if not (torch.isfinite(mode).all() and torch.isfinite(hessian).all()):
+        return "the globals' Laplace-marginal mode search diverged"
+    chol, info = torch.linalg.cholesky_ex(0.5 * (hessian + hessian.T))
+    if info != 0:
+        return "the globals' Laplace-marginal Hessian is not positive definite at its mode"
+    cov = torch.cholesky_inverse(chol)
+    return mode, torch.linalg.cholesky(0.5 * (cov + cov.T))
