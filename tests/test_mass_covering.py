@@ -3,7 +3,6 @@
 import pyro
 import pyro.distributions as dist
 import pytest
-import torch
 from pyro.infer.autoguide import AutoNormal
 
 from pyroflows.infer import fit, fit_mass_covering

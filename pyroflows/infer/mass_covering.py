@@ -50,6 +50,7 @@ def fit_mass_covering(
         >>> from pyroflows.infer import AutoFlow, fit
         >>> def model():
         ...     pyro.sample("x", dist.Normal(3.0, 1.0))
+        >>> pyro.clear_param_store()
         >>> guide = AutoFlow(model)
         >>> _ = fit(model, guide, num_steps=200, progress=False, seed=0)
         >>> losses = fit_mass_covering(model, guide, num_steps=100, progress=False, seed=0)
