@@ -39,6 +39,23 @@ def eight_schools_noncentered(sigma: torch.Tensor, y: torch.Tensor | None = None
         pyro.sample("y", dist.Normal(theta, sigma), obs=y)
 
 
+def eight_schools_centered(sigma: torch.Tensor, y: torch.Tensor | None = None) -> None:
+    """Eight schools in the centred form: the funnel between tau and theta
+    that makes plain NUTS diverge (the NeuTra benchmark's first model)."""
+    mu = pyro.sample("mu", dist.Normal(0.0, 5.0))
+    tau = pyro.sample("tau", dist.HalfCauchy(5.0))
+    with pyro.plate("school", len(sigma)):
+        theta = pyro.sample("theta", dist.Normal(mu, tau))
+        pyro.sample("y", dist.Normal(theta, sigma), obs=y)
+
+
+def funnel(dim: int = 10) -> None:
+    """Neal's funnel in ``dim`` dimensions: v ~ N(0, 3), x_i | v ~ N(0, e^(v/2)), i < dim."""
+    v = pyro.sample("v", dist.Normal(0.0, 3.0))
+    with pyro.plate("coordinate", dim - 1):
+        pyro.sample("x", dist.Normal(0.0, (v / 2).exp()))
+
+
 def kidscore_momiq(mom_iq: torch.Tensor, kid_score: torch.Tensor | None = None) -> None:
     beta = pyro.sample("beta", flat(constraints.real_vector, (2,)))
     sigma = pyro.sample("sigma", dist.HalfCauchy(2.5))
