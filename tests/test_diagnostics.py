@@ -99,6 +99,42 @@ def test_inference_data_works_with_arviz():
     az.plot_posterior(idata, var_names=["loc"])
 
 
+def test_inference_data_has_pointwise_log_likelihood_for_loo():
+    data = torch.randn(30)
+    guide = AutoNormal(model)
+    guide(data)
+    idata = to_inference_data(model, guide, data, num_samples=300)
+    log_lik = idata.log_likelihood["obs"].values
+    assert log_lik.shape == (1, 300, 30)
+    np.testing.assert_allclose(idata.observed_data["obs"].values, data.numpy())
+    loc, scale = idata.posterior["loc"].values[0, 5], idata.posterior["scale"].values[0, 5]
+    manual = dist.Normal(float(loc), float(scale)).log_prob(data).numpy()
+    np.testing.assert_allclose(log_lik[0, 5], manual, rtol=1e-5)
+    loo = az.loo(idata)
+    assert np.isfinite(loo.elpd_loo) and loo.n_data_points == 30
+
+
+def test_inference_data_log_likelihood_with_the_structured_flow_guide():
+    from pyroflows.infer import AutoFlow
+
+    groups = torch.arange(6).repeat_interleave(4)
+    y = torch.randn(24)
+
+    def grouped(y):
+        mu = pyro.sample("mu", dist.Normal(0.0, 1.0))
+        with pyro.plate("groups", 6):
+            a = pyro.sample("a", dist.Normal(mu, 1.0))
+        with pyro.plate("rows", 24):
+            pyro.sample("y", dist.Normal(a[..., groups], 1.0), obs=y)
+
+    guide = AutoFlow(grouped, warm_start=None)
+    guide(y)
+    idata = to_inference_data(grouped, guide, y, num_samples=200)
+    assert idata.posterior["a"].shape == (1, 200, 6)
+    assert idata.log_likelihood["y"].shape == (1, 200, 24)
+    assert np.isfinite(az.waic(idata).elpd_waic)
+
+
 def test_compare_and_energy_distance():
     rng = np.random.default_rng(0)
     ref = {"a": rng.normal(size=5000), "b": rng.normal(size=5000)}

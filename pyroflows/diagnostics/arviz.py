@@ -26,7 +26,10 @@ def to_inference_data(model, guide, *args, num_samples: int = 1000, **kwargs):
     ``sample_stats`` holds ``lp`` (the model's log joint), ``log_q`` (the
     guide's log density) and ``log_weight`` (their difference, raw) and
     ``smoothed_log_weight`` (Pareto-smoothed, normalised); ``attrs`` hold
-    ``khat`` and ``ess`` from PSIS. ``az.summary`` and ArviZ plots accept it.
+    ``khat`` and ``ess`` from PSIS; ``log_likelihood`` the pointwise log
+    likelihood of each observed site and ``observed_data`` its data, so
+    ``az.loo`` and ``az.waic`` work. ``az.summary`` and ArviZ plots accept it.
+    (``az.from_pyro`` takes only an MCMC run: use this for a guide.)
     """
     import arviz as az
 
@@ -45,7 +48,13 @@ def to_inference_data(model, guide, *args, num_samples: int = 1000, **kwargs):
         "guide": type(guide).__name__,
         "inference_library": "pyroflows",
     }
-    return az.from_dict(posterior=posterior, sample_stats=stats, attrs=attrs)
+    return az.from_dict(
+        posterior=posterior,
+        sample_stats=stats,
+        log_likelihood={k: v.cpu().numpy()[None] for k, v in draws.log_likelihood.items()},
+        observed_data={k: v.cpu().numpy() for k, v in draws.observed.items()},
+        attrs=attrs,
+    )
 
 
 def _deterministic_sites(model, samples: dict, args, kwargs) -> dict[str, np.ndarray]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pyro
 import torch
@@ -20,11 +20,15 @@ class GuideDraws:
     """``num_samples`` guide draws: ``samples`` maps each latent and
     deterministic site to a (S, *site shape) tensor; ``log_p`` and ``log_q``
     are the model's log joint and the guide's log density at each draw;
-    ``log_weights = log_p - log_q``."""
+    ``log_weights = log_p - log_q``. ``log_likelihood`` maps each observed
+    site to its pointwise log likelihood (S, *batch shape) (what ``az.loo``
+    needs) and ``observed`` to its data."""
 
     samples: dict[str, torch.Tensor]
     log_p: torch.Tensor
     log_q: torch.Tensor
+    log_likelihood: dict[str, torch.Tensor] = field(default_factory=dict)
+    observed: dict[str, torch.Tensor] = field(default_factory=dict)
 
     @property
     def log_weights(self) -> torch.Tensor:
@@ -50,6 +54,13 @@ def _reshape(value: torch.Tensor, num: int, shape: tuple[int, ...]) -> torch.Ten
     if value.numel() == math.prod(shape):  # does not vary between draws
         return value.reshape(shape).expand((num, *shape))
     return value.reshape((num, *shape))
+
+
+def _observed(model_trace):
+    for name, site in model_trace.nodes.items():
+        if site["type"] == "sample" and site["is_observed"] and not site_is_subsample(site):
+            if not site["infer"].get("_deterministic"):
+                yield name, site
 
 
 def _sites(model_trace, guide_trace):
@@ -84,6 +95,10 @@ def draw(model, guide, *args, num_samples: int = 1000, batch_size: int = 500, **
     nesting = max(max_plate_nesting(model_trace), max_plate_nesting(guide_trace))
     shapes = {name: tuple(site["value"].shape) for name, site in _sites(model_trace, guide_trace)}
     samples: dict[str, list] = {name: [] for name in shapes}
+    observed = {name: site["value"].detach() for name, site in _observed(model_trace)}
+    model_trace.compute_log_prob(lambda name, site: name in observed)
+    pointwise = {name: tuple(model_trace.nodes[name]["log_prob"].shape) for name in observed}
+    log_lik: dict[str, list] = {name: [] for name in observed}
     log_p, log_q = [], []
     for start in range(0, num_samples, batch_size):
         num = min(batch_size, num_samples - start)
@@ -97,4 +112,7 @@ def draw(model, guide, *args, num_samples: int = 1000, batch_size: int = 500, **
         log_p.append(_per_draw(model_trace, num, nesting))
         for name, shape in shapes.items():
             samples[name].append(_reshape(model_trace.nodes[name]["value"], num, shape))
-    return GuideDraws({k: torch.cat(v) for k, v in samples.items()}, torch.cat(log_p), torch.cat(log_q))
+        for name, shape in pointwise.items():
+            log_lik[name].append(_reshape(model_trace.nodes[name]["log_prob"], num, shape))
+    cat = {k: torch.cat(v) for k, v in samples.items()}
+    return GuideDraws(cat, torch.cat(log_p), torch.cat(log_q), {k: torch.cat(v) for k, v in log_lik.items()}, observed)
