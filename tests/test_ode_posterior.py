@@ -12,6 +12,8 @@ def test_simulate_shapes_and_validation():
     assert (data["y"] > 0).all()
     with pytest.raises(ValueError, match="multiple of"):
         ode.simulate(spacing=0.3)
+    single = ode.simulate(seed=1, num_times=6, dtype=torch.float32)["y"]
+    assert single.dtype == torch.float32 and torch.allclose(single.double(), data["y"])
 
 
 def test_solve_matches_a_fine_reference_and_conserves_the_invariant():

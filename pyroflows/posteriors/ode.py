@@ -79,13 +79,14 @@ def lotka_volterra(times: torch.Tensor, y: torch.Tensor | None = None) -> torch.
 
 
 def simulate(num_times: int = 20, spacing: float = 1.0, seed: int = 0, dtype=torch.float64) -> dict:
-    """Data from :data:`TRUTH`: ``{"times": (num_times,), "y": (num_times, 2)}``."""
+    """Data from :data:`TRUTH`: ``{"times": (num_times,), "y": (num_times, 2)}``,
+    simulated in float64 and then cast, so every ``dtype`` gets the same data."""
     if num_times < 1 or spacing <= 0 or (spacing / STEP) % 1:
         raise ValueError(f"need num_times >= 1 and a spacing that is a multiple of {STEP}, got {num_times}, {spacing}")
-    times = spacing * torch.arange(1, num_times + 1, dtype=dtype)
-    truth = {k: torch.tensor(v, dtype=dtype) for k, v in TRUTH.items()}
+    times = spacing * torch.arange(1, num_times + 1, dtype=torch.float64)
+    truth = {k: torch.tensor(v, dtype=torch.float64) for k, v in TRUTH.items()}
     rates = torch.stack([truth[k] for k in ("alpha", "beta", "gamma", "delta")])
     path = solve(rates, torch.stack([truth["u0"], truth["v0"]]), times)
     generator = torch.Generator().manual_seed(seed)
-    noise = torch.randn(path.shape, generator=generator, dtype=dtype)
-    return {"times": times, "y": path * (truth["sigma"] * noise).exp()}
+    noise = torch.randn(path.shape, generator=generator, dtype=torch.float64)
+    return {"times": times.to(dtype), "y": (path * (truth["sigma"] * noise).exp()).to(dtype)}
