@@ -7,9 +7,9 @@ badly scaled regressions, but it fails in ways a guide must not inherit: the
 MAP of a centred hierarchical model sits where a group scale collapses to
 0, a multimodal likelihood (an ODE model) traps L-BFGS in a local optimum,
 a flat direction has no curvature. :func:`gaussian_warm_start` therefore
-tries several candidates (Laplace from the prior mean and from prior draws,
-and a short mean-field fit) and keeps the one with the best ELBO, which a
-degenerate or local candidate cannot win.
+tries several candidates (Laplace from the prior mean and from prior draws
+until two agree on the best mode, and a short mean-field fit) and keeps the
+best, which a degenerate or local candidate cannot be.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ __all__ = ["Candidate", "gaussian_elbo", "gaussian_warm_start", "laplace", "mean
 MIN_EIGENVALUE = 1e-10  # floor on Hessian eigenvalues, relative to the largest
 MAX_CONDITION = 1e12  # a Laplace covariance past this condition number is degenerate
 BOUNDARY = 15.0  # |unconstrained value| past which a constrained MAP sits at its support's edge
+MODE_TOLERANCE = 1e-4  # two MAPs whose log densities agree to this (relative, at least absolute) are one mode
 Energy = Callable[[torch.Tensor], torch.Tensor]
 
 
@@ -254,21 +255,44 @@ def _deep_getattr(obj, dotted: str):
     return obj
 
 
-def _prior_starts(space: LatentSpace, args, kwargs, count: int, generator: torch.Generator) -> list[torch.Tensor]:
-    """Unconstrained points drawn from the prior (where it can be sampled;
-    else the initial point plus standard normal noise)."""
-    starts = []
-    for _ in range(count):
-        try:
-            with poutine.block():
-                trace = poutine.trace(poutine.uncondition(space.model)).get_trace(*args, **kwargs)
-            start = space.pack({name: trace.nodes[name]["value"] for name in space.sites})
-            if not torch.isfinite(start).all():
-                raise ValueError
-        except (NotImplementedError, ValueError, RuntimeError, KeyError):
-            start = space.init + torch.randn(space.dim, generator=generator, dtype=space.init.dtype)
-        starts.append(start.detach().to(space.init.dtype))
-    return starts
+def _prior_start(space: LatentSpace, args, kwargs, generator: torch.Generator) -> torch.Tensor:
+    """An unconstrained point drawn from the prior (where it can be sampled;
+    else the initial point plus standard normal noise). Pyro's draws use
+    torch's global RNG: it is forked and seeded from ``generator``, so the
+    starts are reproducible and the caller's random stream is untouched."""
+    seed = int(torch.randint(2**62, (), generator=generator))
+    try:
+        with torch.random.fork_rng(devices=[]), poutine.block():
+            torch.manual_seed(seed)
+            trace = poutine.trace(poutine.uncondition(space.model)).get_trace(*args, **kwargs)
+        start = space.pack({name: trace.nodes[name]["value"] for name in space.sites})
+        if not torch.isfinite(start).all():
+            raise ValueError
+    except (NotImplementedError, ValueError, RuntimeError, KeyError):
+        start = space.init + torch.randn(space.dim, generator=generator, dtype=space.init.dtype)
+    return start.detach().to(space.init.dtype)
+
+
+def _settled(space: LatentSpace, candidates: list[Candidate], args, kwargs, min_starts: int) -> bool:
+    """Enough Laplace starts: two reached the best MAP found so far (a
+    second, independent start confirms the mode), or ``min_starts`` ran and
+    none is reliable (the mean-field fit takes over; more starts would not help)."""
+    reliable = [c for c in candidates if c.problem is None]
+    if not reliable:
+        return len(candidates) >= min_starts
+    with torch.no_grad():
+        density = _guarded(lambda z: -space.log_density(z, *args, **kwargs))
+        values = torch.stack([-density(c.loc) for c in reliable])
+    best = values.max()
+    return int((values >= best - MODE_TOLERANCE * best.abs().clamp(min=1.0)).sum()) >= 2
+
+
+def _in_better_mode(space: LatentSpace, candidates: list[Candidate], args, kwargs) -> bool:
+    """Whether the last candidate's location has a higher log density than every reliable MAP."""
+    with torch.no_grad():
+        density = _guarded(lambda z: -space.log_density(z, *args, **kwargs))
+        maps = [-density(c.loc) for c in candidates[:-1] if c.problem is None]
+        return not maps or bool(-density(candidates[-1].loc) > max(maps))
 
 
 def gaussian_warm_start(
@@ -277,16 +301,22 @@ def gaussian_warm_start(
     args,
     kwargs,
     *,
-    num_starts: int = 3,
+    min_starts: int = 3,
+    max_starts: int = 8,
     mean_field_steps: int = 300,
     num_draws: int = 256,
     seed: int = 0,
 ) -> tuple[Candidate, list[Candidate]]:
     """The best of several Gaussian approximations.
 
-    Candidates: the Laplace approximation from the prior mean, from
-    ``num_starts - 1`` prior draws, and a ``mean_field_steps`` mean-field
-    fit, all scored by their ELBO with the same ``num_draws`` base draws.
+    Candidates: the Laplace approximation from the prior mean and from prior
+    draws, until two starts reach the same best MAP (at least two starts,
+    at most ``max_starts``; ``min_starts`` when none is reliable), and a
+    ``mean_field_steps`` mean-field fit, all scored by their ELBO with the
+    same ``num_draws`` base draws. Where the mean-field fit sits in a better
+    mode than every start's MAP (on the Lotka-Volterra posterior the prior
+    mean and a prior draw can both lead L-BFGS to the same local optimum),
+    a Laplace approximation from the fit's location joins the candidates.
     A reliable Laplace approximation wins (the best by ELBO among them): its
     full covariance aligns the flow with the posterior's correlations, which
     a diagonal cannot, even where its ELBO as a Gaussian is worse. The
@@ -294,17 +324,26 @@ def gaussian_warm_start(
     it sits in a better mode (a log density above every reliable MAP's).
     Returns the winner and every candidate (for reporting).
     """
+    if not 2 <= min_starts <= max_starts:
+        raise ValueError(f"need 2 <= min_starts <= max_starts, got {min_starts} and {max_starts}")
     generator = torch.Generator().manual_seed(seed)
     dtype = space.init.dtype
-    starts = [space.init] + _prior_starts(space, args, kwargs, num_starts - 1, generator)
-    candidates = []
-    for i, start in enumerate(starts):
+    candidates: list[Candidate] = []
+    while len(candidates) < max_starts:
+        i = len(candidates)
+        start = space.init if i == 0 else _prior_start(space, args, kwargs, generator)
         candidate = _laplace_from(space, start, args, kwargs, max_iter=500, newton_steps=10)
         candidate.name = "Laplace from the prior mean" if i == 0 else f"Laplace from prior draw {i}"
         candidates.append(candidate)
+        if len(candidates) >= 2 and _settled(space, candidates, args, kwargs, min_starts):
+            break
     if mean_field_steps:
         loc, scale = mean_field_vector(model, space.sites, args, kwargs, dtype)
         candidates.append(Candidate("mean-field fit", loc, torch.diag(scale)))
+        if _in_better_mode(space, candidates, args, kwargs):  # every start missed the mode the fit found
+            candidate = _laplace_from(space, loc, args, kwargs, max_iter=500, newton_steps=10)
+            candidate.name = "Laplace from the mean-field fit"
+            candidates.append(candidate)
     eps = torch.randn(num_draws, space.dim, generator=generator, dtype=dtype)
     for candidate in candidates:
         if candidate.problem not in ("the log density is not finite at the start", "the MAP search diverged"):
