@@ -11,7 +11,7 @@ Each guide is fitted with the default ``fit`` and scored on 4000 draws:
 PSIS k-hat, the largest standardised mean error and |log sd ratio| over
 the seven parameters against the NUTS reference. One torch thread.
 
-    python benchmarks/ode.py --reference     # once: NUTS, about 15 minutes on 2 cores
+    python benchmarks/ode.py --reference     # once: NUTS, about 11 minutes (chains in turn)
     python benchmarks/ode.py                 # the table
 """
 
