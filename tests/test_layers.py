@@ -137,3 +137,33 @@ def test_inverse_needs_a_flow_layer():
 
     with pytest.raises(TypeError, match="Inverse needs a FlowTransform, got Linear"):
         Inverse(torch.nn.Linear(2, 2))
+
+
+def test_conditional_made_lets_the_context_reach_every_output_and_keeps_the_inputs_autoregressive():
+    from pyroflows.nn.made import MADE
+
+    torch.manual_seed(0)
+    made = _perturb(MADE(3, 2, (16, 16), context_dim=4), scale=0.5)
+    x, c = torch.randn(3), torch.randn(4, requires_grad=True)
+    jac_x, jac_c = torch.autograd.functional.jacobian(lambda x, c: made(x, c), (x, c))
+    # jac_x[i, k, j]: output i's k-th parameter in input j: only earlier inputs
+    assert torch.all(jac_x.abs().sum(1).triu() == 0)
+    assert torch.all(jac_c.abs().sum((1, 2)) > 0)  # the first element's parameters too (nflows#85)
+
+
+def test_made_params_major_is_the_same_network():
+    from pyroflows.nn.made import MADE
+
+    torch.manual_seed(0)
+    plain = _perturb(MADE(3, 5, (8, 8), context_dim=2).double(), scale=0.5)
+    major = MADE(3, 5, (8, 8), context_dim=2, params_major=True).double()
+    major.load_state_dict(plain.state_dict())
+    x, c = torch.randn(3000, 3, dtype=torch.float64), torch.randn(3000, 2, dtype=torch.float64)
+    a, b = plain(x, c), major(x, c)
+    assert b.stride(-1) == 3000 * 3  # parameter-first in memory
+    torch.testing.assert_close(a, b, atol=1e-12, rtol=0)
+    w = torch.randn_like(a)
+    ga = torch.autograd.grad((a * w).sum(), list(plain.parameters()))
+    gb = torch.autograd.grad((b * w).sum(), list(major.parameters()))
+    for u, v in zip(ga, gb, strict=True):
+        torch.testing.assert_close(u, v, atol=1e-10, rtol=0)

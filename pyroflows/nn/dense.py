@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-_PARAMS_MAJOR_MIN = 8192  # output units below which the usual layout is cheaper
+PARAMS_MAJOR_MIN = 8192  # output units below which the usual layout is cheaper
 
 
 class DenseNN(nn.Module):
@@ -55,20 +55,20 @@ class DenseNN(nn.Module):
             inputs = torch.cat(
                 [inputs.expand(*batch, inputs.shape[-1]), context.expand(*batch, context.shape[-1])], dim=-1
             )
-        if not self.params_major or inputs.shape[:-1].numel() * self.out_shape[0] < _PARAMS_MAJOR_MIN:
+        if not self.params_major or inputs.shape[:-1].numel() * self.out_shape[0] < PARAMS_MAJOR_MIN:
             out = self.net(inputs)
             return out.reshape(*out.shape[:-1], *self.out_shape)
         *hidden, last = self.net
         for layer in hidden:
             inputs = layer(inputs)
-        return _params_major(inputs, last, self.out_shape)
+        return params_major_linear(inputs, last.weight, last.bias, self.out_shape)
 
 
-def _params_major(h: torch.Tensor, last: nn.Linear, out_shape: tuple[int, ...]) -> torch.Tensor:
-    """``last(h)`` as ``(*, units, params)``, computed as ``(params * units, N)``
-    by one matrix product with the rows of ``last`` reordered."""
+def params_major_linear(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, out_shape) -> torch.Tensor:
+    """``F.linear(h, weight, bias)`` as ``(*, units, params)``, computed as
+    ``(params * units, N)`` by one matrix product with the rows reordered."""
     units, params = out_shape
-    weight = last.weight.view(units, params, -1).transpose(0, 1).reshape(units * params, -1)
-    bias = last.bias.view(units, params).T.reshape(-1, 1)
+    weight = weight.view(units, params, -1).transpose(0, 1).reshape(units * params, -1)
+    bias = bias.view(units, params).T.reshape(-1, 1)
     out = torch.addmm(bias, weight, h.reshape(-1, h.shape[-1]).T)
     return out.view(params, units, -1).permute(2, 1, 0).reshape(*h.shape[:-1], units, params)

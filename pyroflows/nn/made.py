@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pyroflows.nn.dense import PARAMS_MAJOR_MIN, params_major_linear
+
 
 class MaskedLinear(nn.Linear):
     """``nn.Linear`` whose weight is multiplied by a fixed 0/1 mask."""
@@ -25,9 +27,11 @@ class MaskedLinear(nn.Linear):
         return F.linear(inputs, self.weight * self.mask, self.bias)
 
 
-def _hidden_degrees(width: int, input_dim: int) -> torch.Tensor:
-    if input_dim == 1:
-        return torch.zeros(width, dtype=torch.long)
+def _hidden_degrees(width: int, input_dim: int, conditional: bool) -> torch.Tensor:
+    """Degrees 1..D-1; with a context also 0 (units that see only the
+    context), else the first output could not depend on the context."""
+    if input_dim == 1 or conditional:
+        return torch.arange(width) % input_dim
     return torch.arange(width) % (input_dim - 1) + 1
 
 
@@ -40,11 +44,15 @@ class MADE(nn.Module):
         input_dim: ``D``.
         num_params: parameters produced per input element.
         hidden_dims: widths of the hidden layers (all equal when residual).
-        context_dim: optional context size; the context feeds every hidden unit.
+        context_dim: optional context size; the context feeds every hidden
+            unit, and hidden units of degree 0 (context only) let it reach
+            the first element's parameters too.
         num_residual_blocks: use this many masked residual blocks instead of a
             plain stack (then ``hidden_dims`` must hold one width).
         order: a permutation of ``range(D)``; default is the natural order.
         activation: activation module class.
+        params_major: write the output parameter-first in memory (see
+            :class:`~pyroflows.nn.dense.DenseNN`), the spline kernel's layout.
     """
 
     def __init__(
@@ -56,8 +64,10 @@ class MADE(nn.Module):
         num_residual_blocks: int = 0,
         order: Sequence[int] | None = None,
         activation: type[nn.Module] = nn.ReLU,
+        params_major: bool = False,
     ) -> None:
         super().__init__()
+        self.params_major = params_major
         hidden_dims = list(hidden_dims)
         if not hidden_dims:
             raise ValueError("MADE needs at least one hidden layer")
@@ -76,7 +86,7 @@ class MADE(nn.Module):
             mask = (d_out[:, None] > d_in[None, :]) if strict else (d_out[:, None] >= d_in[None, :])
             return MaskedLinear(len(d_in), len(d_out), mask)
 
-        degrees = [in_degrees] + [_hidden_degrees(w, input_dim) for w in hidden_dims]
+        degrees = [in_degrees] + [_hidden_degrees(w, input_dim, bool(context_dim)) for w in hidden_dims]
         self.input_layer = masked(degrees[0], degrees[1])
         self.context_layer = nn.Linear(context_dim, hidden_dims[0]) if context_dim else None
         blocks: list[nn.Module] = []
@@ -99,7 +109,10 @@ class MADE(nn.Module):
             h = h + self.context_layer(context)
         for block in self.blocks:
             h = block(h)
-        out = self.output_layer(self.activation(h))
+        h, last = self.activation(h), self.output_layer
+        if self.params_major and h.shape[:-1].numel() * self.input_dim >= PARAMS_MAJOR_MIN:
+            return params_major_linear(h, last.weight * last.mask, last.bias, (self.input_dim, self.num_params))
+        out = last(h)
         return out.reshape(*out.shape[:-1], self.input_dim, self.num_params)
 
 

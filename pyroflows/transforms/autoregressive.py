@@ -56,7 +56,10 @@ class Autoregressive(FlowTransform):
             raise ValueError(f"mode must be one of {_MODES}, got {mode!r}")
         self.mode = mode
         self.univariate = univariate
-        self.made = MADE(input_dim, univariate.num_params, hidden_dims, context_dim, num_residual_blocks, order)
+        self.made = MADE(
+            input_dim, univariate.num_params, hidden_dims, context_dim, num_residual_blocks, order,
+            params_major=univariate.params_major,
+        )  # fmt: skip
 
     def _cheap(self, u, context):
         """``g(u)`` and its log-det: one MADE pass."""
