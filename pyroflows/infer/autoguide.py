@@ -134,7 +134,7 @@ class AutoFlow(AutoContinuous):
         structure: str = "auto",
         embedding_dim: int = 8,
         local_transforms: int = 1,
-        local_hidden_dims: tuple[int, ...] = (64, 64),
+        local_hidden_dims: tuple[int, ...] = (32, 32),
         conditional: str = "laplace",
         **flow_options: Any,
     ):

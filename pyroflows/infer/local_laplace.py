@@ -35,6 +35,7 @@ from pyro.distributions.util import scale_and_mask
 from pyro.poutine.messenger import Messenger
 from pyro.poutine.util import site_is_subsample
 
+from pyroflows.infer import small_linalg
 from pyroflows.infer.latent import isolated
 from pyroflows.infer.layout import LatentLayout
 
@@ -69,16 +70,15 @@ def newton_gaussian(
     hessian = torch.stack(columns, -1)
     precision = -0.5 * (hessian + hessian.mT)
     with torch.no_grad():
-        chol, info = torch.linalg.cholesky_ex(precision)
-        step = torch.linalg.solve_triangular(chol, grad.unsqueeze(-1), upper=False).squeeze(-1)
-        ok = (info == 0) & torch.isfinite(step).all(-1) & (step.square().sum(-1) < MAX_STEP**2)
-        ok = ok & torch.isfinite(chol).flatten(-2).all(-1)
+        chol = small_linalg.cholesky(precision)
+        step = small_linalg.solve_lower(chol, grad)
+        ok = torch.isfinite(chol).flatten(-2).all(-1) & (chol.diagonal(dim1=-2, dim2=-1) > 0).all(-1)
+        ok = ok & torch.isfinite(step).all(-1) & (step.square().sum(-1) < MAX_STEP**2)
     fallback = torch.diag_embed(fallback_scale.expand_as(grad).pow(-2))
     precision = torch.where(ok[..., None, None], precision, fallback)
     grad = torch.where(ok[..., None], grad, torch.zeros_like(grad))
-    chol = torch.linalg.cholesky(precision)
-    mean = point + torch.cholesky_solve(grad.unsqueeze(-1), chol).squeeze(-1)
-    return mean, chol
+    chol = small_linalg.cholesky(precision)
+    return point + small_linalg.cholesky_solve(grad, chol), chol
 
 
 class _MemberTerms(Messenger):

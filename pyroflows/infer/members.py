@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from pyroflows.infer.amortized import conditional_spline_flow
+from pyroflows.infer.small_linalg import solve_lower_transpose
 
 __all__ = ["MemberFlow"]
 
@@ -34,7 +35,7 @@ __all__ = ["MemberFlow"]
 def _mlp(in_dim: int, hidden_dims: Sequence[int], out_dim: int) -> nn.Sequential:
     layers: list[nn.Module] = []
     for width in hidden_dims:
-        layers += [nn.Linear(in_dim, width), nn.ELU()]
+        layers += [nn.Linear(in_dim, width), nn.ReLU()]
         in_dim = width
     last = nn.Linear(in_dim, out_dim)
     nn.init.zeros_(last.weight)
@@ -61,7 +62,7 @@ class MemberFlow(nn.Module):
         local_dim: int,
         global_dim: int,
         embedding_dim: int = 8,
-        hidden_dims: Sequence[int] = (64, 64),
+        hidden_dims: Sequence[int] = (32, 32),
         num_transforms: int = 1,
         count_bins: int = 8,
         bound: float = 5.0,
@@ -72,8 +73,11 @@ class MemberFlow(nn.Module):
         self.log_scale = nn.Parameter(torch.zeros(num_members, local_dim))
         self.embedding = nn.Parameter(torch.randn(num_members, embedding_dim))
         context_dim = global_dim + embedding_dim
-        self.register_buffer("tril", torch.tril_indices(local_dim, local_dim, -1), persistent=False)
-        self.head = _mlp(context_dim, hidden_dims, 2 * local_dim + self.tril.shape[1])
+        rows, cols = torch.tril_indices(local_dim, local_dim, -1)
+        scatter = torch.zeros(len(rows), local_dim * local_dim)  # lower entries -> the flat (d, d) matrix
+        scatter[torch.arange(len(rows)), rows * local_dim + cols] = 1.0
+        self.register_buffer("scatter", scatter, persistent=False)
+        self.head = _mlp(context_dim, hidden_dims, 2 * local_dim + len(rows))
         self.flow = conditional_spline_flow(local_dim, context_dim, num_transforms, hidden_dims, count_bins, bound)
 
     @torch.no_grad()
@@ -110,7 +114,7 @@ class MemberFlow(nn.Module):
         if gaussian is None:
             return loc + log_scale.exp() * v, log_det + log_scale.sum(-1)
         mean, chol = gaussian
-        v = torch.linalg.solve_triangular(chol.mT, v.unsqueeze(-1), upper=True).squeeze(-1)
+        v = solve_lower_transpose(chol, v)
         return mean + v, log_det - chol.diagonal(dim1=-2, dim2=-1).log().sum(-1)
 
     def _standard(self, u: torch.Tensor, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -126,7 +130,6 @@ class MemberFlow(nn.Module):
         shift, log_diag, lower = head[..., :d], head[..., d : 2 * d], head[..., 2 * d :]
         v = shift + log_diag.exp() * u
         if lower.shape[-1]:
-            matrix = u.new_zeros(u.shape + (d,))
-            matrix[..., self.tril[0], self.tril[1]] = lower
-            v = v + (matrix @ u.unsqueeze(-1)).squeeze(-1)
+            matrix = (lower @ self.scatter).unflatten(-1, (d, d))
+            v = v + (matrix * u.unsqueeze(-2)).sum(-1)
         return v, log_det + log_diag.sum(-1)
