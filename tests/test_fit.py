@@ -77,8 +77,9 @@ def test_non_finite_loss_restores_parameters_and_raises(validate):
 
     with pyro.validation_enabled(validate), pytest.raises(NonFiniteLossError, match="non-finite .* at step"):
         fit(model, guide, num_steps=1000, lr=0.1, num_particles=1, progress=False)
-    # back at the value of the last step whose loss was finite
-    assert pyro.param("q_loc").item() == pytest.approx(history[-2])
+    # back at the value of the last step whose loss was finite (the guide may run again to check the value)
+    first_bad = next(i for i, value in enumerate(history) if value > 0.5)
+    assert pyro.param("q_loc").item() == pytest.approx(history[first_bad - 1])
     assert pyro.param("q_loc").item() <= 0.5
 
 

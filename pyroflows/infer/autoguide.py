@@ -161,6 +161,13 @@ class AutoFlow(AutoContinuous):
     # ---- set-up -------------------------------------------------------------------------------------------------
 
     def _setup_prototype(self, *args, **kwargs):
+        try:
+            self._set_up(*args, **kwargs)
+        except BaseException:
+            self.prototype_trace = None  # a later call sets up again and shows the same error
+            raise
+
+    def _set_up(self, *args, **kwargs):
         with isolated():
             AutoGuide._setup_prototype(self, *args, **kwargs)
             sites = list(self.prototype_trace.iter_stochastic_nodes())

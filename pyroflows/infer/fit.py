@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 import time
 import warnings
 
@@ -30,9 +31,12 @@ def learning_rate_factor(step: int, num_steps: int, warmup: float, final_lr: flo
     return final_lr + (1 - final_lr) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
-def _check_positive(name: str, value, kind=(int, float)) -> None:
-    if not isinstance(value, kind) or isinstance(value, bool) or value <= 0:
-        raise ValueError(f"{name} must be a positive number, got {value!r}")
+def _check_positive(name: str, value, kind=numbers.Real, optional: bool = False) -> None:
+    if optional and value is None:
+        return
+    if not isinstance(value, kind) or isinstance(value, bool) or not 0 < value < math.inf:
+        what = "a positive integer" if kind is numbers.Integral else "a positive, finite number"
+        raise ValueError(f"{name} must be {what}{' or None' if optional else ''}, got {value!r}")
 
 
 class _Stopper:
@@ -54,9 +58,15 @@ class _Stopper:
         return step - self.best_step >= self.patience
 
 
-def _mentions_non_finite(err: Exception) -> bool:
-    text = str(err).lower()
-    return "nan" in text or "inf" in text
+def _loss_is_non_finite(elbo: ELBO, model, guide, args, kwargs) -> bool:
+    """Whether the loss, evaluated again without Pyro's validation (which
+    turns a NaN parameter into a ValueError), is NaN or infinite; an error
+    that is not about values (a shape, a missing site) raises again: False."""
+    try:
+        with torch.no_grad(), pyro.validation_enabled(False):
+            return not math.isfinite(elbo.loss(model, guide, *args, **kwargs))
+    except (ValueError, RuntimeError):
+        return False
 
 
 def _restore(params: list[torch.Tensor], good: list[torch.Tensor]) -> None:
@@ -116,9 +126,12 @@ def fit(
         >>> len(losses)
         300
     """
-    _check_positive("num_steps", num_steps, int)
+    _check_positive("num_steps", num_steps, numbers.Integral)
     _check_positive("lr", lr)
-    _check_positive("num_particles", num_particles, int)
+    _check_positive("num_particles", num_particles, numbers.Integral)
+    _check_positive("clip_norm", clip_norm, optional=True)
+    _check_positive("early_stopping", early_stopping, numbers.Integral, optional=True)
+    _check_positive("max_seconds", max_seconds, optional=True)
     if not 0 <= warmup < 1:
         raise ValueError(f"warmup must be a fraction in [0, 1), got {warmup!r}")
     if not 0 <= average < 1:
@@ -145,15 +158,15 @@ def fit(
             with poutine.trace(param_only=True) as capture:
                 value = elbo.loss_and_grads(model, guide, *args, **kwargs)
         except (ValueError, RuntimeError) as err:
-            if step and _mentions_non_finite(err):  # Pyro's validation caught a NaN first
+            if _loss_is_non_finite(elbo, model, guide, args, kwargs):  # e.g. Pyro's validation caught a NaN
                 _restore(params, good)
-                raise NonFiniteLossError(_message(step, "value", err)) from err
+                raise NonFiniteLossError(_message(step, "loss", err)) from err
             if step or loss is not None or not getattr(elbo, "vectorize_particles", False):
                 raise
-            warnings.warn(f"vectorised particles failed ({err}); falling back to sequential particles", stacklevel=2)
             elbo = Trace_ELBO(num_particles=num_particles, vectorize_particles=False)
             with poutine.trace(param_only=True) as capture:
-                value = elbo.loss_and_grads(model, guide, *args, **kwargs)
+                value = elbo.loss_and_grads(model, guide, *args, **kwargs)  # fails alike: its error is the real one
+            warnings.warn(f"vectorised particles failed ({err}); using sequential particles", stacklevel=2)
         current = [site["value"].unconstrained() for site in capture.trace.nodes.values()]
         if optimizer is None or len(current) != len(params):
             params = current
