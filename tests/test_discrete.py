@@ -169,8 +169,12 @@ def test_bad_inputs_raise_clear_errors():
         model.ordered_log_prob(iid_data(3), order="random")
     with pytest.raises(ValueError, match="ordered_log_prob needs a mask source"):
         exact_model("uniform").ordered_log_prob(iid_data(3))
-    with pytest.raises(ValueError, match="temperature"):
-        model.sample(3, temperature=0)
+    for temperature in (0, math.nan, math.inf):
+        with pytest.raises(ValueError, match="temperature"):
+            model.sample(3, temperature=temperature)
+    for corrector in (-1.0, math.nan, math.inf):
+        with pytest.raises(ValueError, match="corrector"):
+            model.sample(3, corrector=corrector)
     with pytest.raises(ValueError, match="iw_bound needs a mask source"):
         exact_model("uniform").iw_bound(iid_data(3))
     with pytest.raises(ValueError, match="num_samples"):

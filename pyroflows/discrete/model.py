@@ -272,15 +272,15 @@ class DiscreteFlowMatcher(nn.Module):
             raise ValueError(f"number of samples must be a positive int, got {num!r}")
         if not isinstance(steps, int) or steps < 1:
             raise ValueError(f"steps must be a positive int, got {steps!r}")
-        if temperature <= 0:
-            raise ValueError(f"temperature must be positive, got {temperature}")
+        if not 0 < temperature < math.inf:
+            raise ValueError(f"temperature must be positive and finite, got {temperature}")
         if top_k is not None and (not isinstance(top_k, int) or top_k < 1):
             raise ValueError(f"top_k must be a positive int, got {top_k!r}")
         if top_p is not None and not 0 < top_p <= 1:
             raise ValueError(f"top_p must be in (0, 1], got {top_p}")
-        if corrector < 0 or (corrector and self.path.source != "mask"):
+        if not 0 <= corrector < math.inf or (corrector and self.path.source != "mask"):
             got = f"{corrector} with a {self.path.source} source"
-            raise ValueError(f"corrector must be >= 0 and needs a mask source, got {got}")
+            raise ValueError(f"corrector must be finite, >= 0 and needs a mask source, got {got}")
         if order is not None:
             if order not in ORDERS:
                 raise ValueError(f"order must be None or one of {ORDERS}, got {order!r}")
