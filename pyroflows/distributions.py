@@ -39,9 +39,18 @@ def _flatten(transforms: list[Transform]) -> list[Transform]:
 class FlowDistribution(dist.TransformedDistribution):
     """Pyro ``TransformedDistribution`` whose ``log_prob`` is a single pass over the layers."""
 
+    def _validate_sample(self, value: torch.Tensor) -> None:
+        if value.numel():
+            return super()._validate_sample(value)
+        event = tuple(value.shape[value.dim() - len(self.event_shape) :])
+        if event != tuple(self.event_shape):  # torch's support check cannot reshape an empty batch
+            raise ValueError(f"value must have event shape {tuple(self.event_shape)}, got shape {tuple(value.shape)}")
+
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
         if self._validate_args:
             self._validate_sample(value)
+        if not value.numel():  # torch's _sum_rightmost cannot reshape an empty batch
+            return value.new_zeros(value.shape[: value.dim() - len(self.event_shape)])
         event_dim = len(self.event_shape)
         log_prob = 0.0
         y = value

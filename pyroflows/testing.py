@@ -299,6 +299,44 @@ def check_save_load(case: TransformCase, dtype=torch.float64) -> None:
     _close(_kernel(whole).forward_and_log_det(x, context)[0], y, 0.0, "torch.save round trip")
 
 
+def check_input_dtypes(case: TransformCase, dtype=torch.float64) -> None:
+    """Integer input, and floating input of another dtype than the layer's
+    parameters, raise a ``TypeError`` that names the dtype it got."""
+    module = instantiate(case, dtype)
+    kernel = _kernel(module)
+    x, context = sample_inputs(module, (3,), dtype)
+    y, _ = sample_inputs(module, (3,), dtype, output=True)
+    wrong = [torch.int64]
+    if kernel._float_dtype() is not None:
+        wrong += [d for d in (torch.float16, torch.bfloat16, torch.float32, torch.float64) if d != dtype]
+    for bad in wrong:
+        for call, value in ((kernel.forward_and_log_det, x), (kernel.inverse_and_log_det, y)):
+            try:
+                call(value.to(bad), context)
+            except TypeError as err:
+                if str(bad) not in str(err):
+                    raise AssertionError(f"{bad} input: the error does not name the dtype: {err}") from err
+            else:
+                raise AssertionError(f"{bad} input to a {dtype} layer was accepted")
+
+
+def check_empty_batch(case: TransformCase, dtype=torch.float64) -> None:
+    """A batch of 0 rows gives 0 rows out (and 0 log-dets), both ways."""
+    module = instantiate(case, dtype)
+    kernel = _kernel(module)
+    x, context = sample_inputs(module, (0,), dtype)
+    y, log_det = kernel.forward_and_log_det(x, context)
+    x_back, log_det_back = kernel.inverse_and_log_det(y, context)
+    for name, value, shape in (
+        ("y", y, (0, *kernel.output_shape)),
+        ("x", x_back, x.shape),
+        ("log_det", log_det, (0,)),
+        ("inverse log_det", log_det_back, (0,)),
+    ):
+        if value.shape != torch.Size(shape):
+            raise AssertionError(f"empty batch: {name} shape {tuple(value.shape)} != {tuple(shape)}")
+
+
 CHECKS: dict[str, Callable[..., None]] = {
     "shapes": check_shapes,
     "inverse": check_inverse,
@@ -309,6 +347,8 @@ CHECKS: dict[str, Callable[..., None]] = {
     "context": check_context,
     "identity_at_init": check_identity_at_init,
     "save_load": check_save_load,
+    "input_dtypes": check_input_dtypes,
+    "empty_batch": check_empty_batch,
 }
 
 

@@ -47,6 +47,28 @@ def check_event(name: str, value: torch.Tensor, event_shape: Sequence[int]) -> N
         raise ValueError(f"{name} must be finite, got {bad} non-finite value(s) (NaN or Inf)")
 
 
+def check_dtype(name: str, value: torch.Tensor, expected: torch.dtype | None) -> None:
+    """Raise ``TypeError`` unless ``value`` is floating point and, where the
+    layer has floating parameters, of their ``expected`` dtype."""
+    if not value.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point tensor ({expected or 'float'}), got {value.dtype}")
+    if expected is not None and value.dtype != expected:
+        raise TypeError(
+            f"{name} has dtype {value.dtype} but the layer's parameters are {expected}: "
+            f"convert the input with .to({expected}) or the layer with .to({value.dtype})"
+        )
+
+
+def check_tolerances(rtol: float, atol: float) -> None:
+    """Raise ``ValueError`` unless adaptive-solver tolerances are finite,
+    non-negative and not both zero (torchdiffeq would assert mid-solve)."""
+    for name, value in (("rtol", rtol), ("atol", atol)):
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 <= value < float("inf"):
+            raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+    if rtol == 0 and atol == 0:
+        raise ValueError("rtol and atol cannot both be 0: an adaptive solver could never accept a step")
+
+
 def check_context(
     context: torch.Tensor | None,
     context_shape: Sequence[int] | None,

@@ -79,6 +79,17 @@ def test_backward_twice_without_a_step_never_reuses_a_freed_graph(factory):
     d.log_prob(y.detach()).sum().backward()
 
 
+def test_two_log_probs_of_one_tensor_before_a_backward_share_a_graph_as_documented():
+    d = _dist(pyroflows.nsf(3, num_transforms=2), 3)
+    data = torch.randn(5, 3)
+    first, second = d.log_prob(data), d.log_prob(data)  # the second is served from the cache
+    first.sum().backward(retain_graph=True)
+    second.sum().backward()  # fine with retain_graph on the first
+    first, second = d.log_prob(data), d.log_prob(data.clone())  # or a new tensor: its own graph
+    first.sum().backward()
+    second.sum().backward()
+
+
 def test_sample_without_grad_then_log_prob_with_grad_reaches_parameters():
     layer = SplineCoupling(4)
     d = _dist(layer)

@@ -26,6 +26,7 @@ from pyroflows.distributions import FlowDistribution
 from pyroflows.matching.couplings import Coupling, Independent
 from pyroflows.matching.paths import AffinePath
 from pyroflows.transforms.continuous import ContinuousFlow
+from pyroflows.validation import check_dtype, check_tolerances
 
 __all__ = ["FIXED_STEP", "FlowMatcher"]
 
@@ -98,6 +99,8 @@ class FlowMatcher(nn.Module):
             raise ValueError(
                 f"{name} must have shape (*batch, {', '.join(map(str, self.event_shape))}), got {tuple(x.shape)}"
             )
+        parameter = next(self.velocity.parameters(), None)
+        check_dtype(name, x, None if parameter is None else parameter.dtype)
         if not torch.isfinite(x).all():
             raise ValueError(f"{name} contains NaN or Inf")
         return x.shape[: x.dim() - n]
@@ -148,8 +151,8 @@ class FlowMatcher(nn.Module):
     def validate_data(self, x_1: torch.Tensor, x_0: torch.Tensor | None = None, context=None) -> None:
         """Raise ``ValueError`` unless ``x_1`` (and ``x_0``, ``context``) are finite batches of the right shapes."""
         batch = self._check(x_1, "x_1")
-        if len(batch) != 1:
-            raise ValueError(f"x_1 must be one batch of shape (batch, *event), got {tuple(x_1.shape)}")
+        if len(batch) != 1 or not batch[0]:
+            raise ValueError(f"x_1 must be one non-empty batch of shape (batch, *event), got {tuple(x_1.shape)}")
         if x_0 is not None:
             self._check(x_0, "x_0")
             if x_0.shape != x_1.shape:
@@ -209,6 +212,11 @@ class FlowMatcher(nn.Module):
             raise ValueError(f"method must be one of {(*FIXED_STEP, 'dopri5')}, got {method!r}")
         if method in FIXED_STEP and (not isinstance(steps, int) or steps < 1):
             raise ValueError(f"steps must be a positive int, got {steps!r}")
+        if method == "dopri5":
+            check_tolerances(rtol, atol)
+        if not x_0.numel():  # nothing to integrate (an adaptive solver would fail on an empty state)
+            self.last_nfe = 0
+            return x_0.expand(steps + 1, *x_0.shape) if return_path else x_0.clone()
         nfe = 0
 
         def func(t, x):

@@ -11,9 +11,13 @@ base class owns the only cache: the last ``(x, y, log_det)`` triple. A call is
 served from it only while the layer's parameters and buffers are unchanged
 (their version counters are part of the key) and no backward pass has gone
 through the cached tensors, so results never go stale after an optimiser step,
-a freed graph is never reused, and users never call ``clear_cache()``. This lets
-``TransformedDistribution.log_prob`` run one conditioner pass per layer and
-lets ``rsample`` followed by ``log_prob`` skip the inverse.
+a graph freed by a backward pass is never served again, and users never call
+``clear_cache()``. This lets ``TransformedDistribution.log_prob`` run one
+conditioner pass per layer and lets ``rsample`` followed by ``log_prob`` skip
+the inverse. A cached result shares its graph: two calls on the *same* input
+tensor before any backward pass (``log_prob(y)`` twice) return results on one
+graph, so backward through both needs ``retain_graph=True`` on the first, or
+pass ``y.clone()`` the second time.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from pyro.distributions.conditional import ConditionalTransformModule
 from pyro.distributions.torch_transform import TransformModule
 from torch.distributions import Transform, constraints
 
-from pyroflows.validation import check_context, check_event, validation_enabled
+from pyroflows.validation import check_context, check_dtype, check_event, validation_enabled
 
 
 def _context_shape(context_dim) -> torch.Size | None:
@@ -60,7 +64,8 @@ class _CachedBijection:
 
     An entry is served while the kernel's parameters, buffers and grad mode
     are unchanged and no backward pass has gone through its tensors (a
-    gradient hook drops it), so a freed graph is never handed out twice.
+    gradient hook drops it), so a graph freed by a backward pass is never
+    served again (results served before that backward share its graph).
     """
 
     _entry: _Entry | None = None
@@ -107,10 +112,10 @@ class _CachedBijection:
         if validation_enabled():
             kernel._validate(value, context, "y" if inverse else "x")
         if inverse:
-            x, log_det = kernel._inverse_and_log_det(value, context)
+            x, log_det = kernel._run(value, context, inverse=True)
             self._store(kernel, x, value, log_det)
             return x
-        y, log_det = kernel._forward_and_log_det(value, context)
+        y, log_det = kernel._run(value, context, inverse=False)
         self._store(kernel, value, y, log_det)
         return y
 
@@ -127,7 +132,7 @@ class _CachedBijection:
             return entry.log_det
         if validation_enabled():
             kernel._validate(x, context, "x")
-        return kernel._forward_and_log_det(x, context)[1]
+        return kernel._run(x, context, inverse=False)[1]
 
     def inverse_and_log_det(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``x = f^{-1}(y)`` and the forward log-det at ``x``, bypassing the cache."""
@@ -199,7 +204,7 @@ class FlowTransform(_CachedBijection, TransformModule):
         """Return ``y = f(x)`` and ``log|det df/dx|`` (batch shape), bypassing the cache."""
         if validation_enabled():
             self._validate(x, context, "x")
-        return self._forward_and_log_det(x, context)
+        return self._run(x, context, inverse=False)
 
     def inverse_and_log_det(
         self, y: torch.Tensor, context: torch.Tensor | None = None
@@ -207,7 +212,7 @@ class FlowTransform(_CachedBijection, TransformModule):
         """Return ``x = f^{-1}(y)`` and the *forward* ``log|det df/dx|`` at that ``x``."""
         if validation_enabled():
             self._validate(y, context, "y")
-        return self._inverse_and_log_det(y, context)
+        return self._run(y, context, inverse=True)
 
     def condition(self, context: torch.Tensor) -> ConditionedFlowTransform:
         """Bind a context of shape ``(*batch, *context_shape)``; returns a Pyro ``Transform``."""
@@ -232,13 +237,35 @@ class FlowTransform(_CachedBijection, TransformModule):
         self._entry = None
         return super()._apply(fn, *args, **kwargs)
 
+    def _run(self, value: torch.Tensor, context: torch.Tensor | None, inverse: bool):
+        """The layer's map (or its inverse) and log-det; an empty batch gives
+        empty results without running the layer (reductions, data-dependent
+        initialisation and adaptive solvers have nothing to work on)."""
+        shape_in, shape_out = self.event_shape, self.output_shape
+        if inverse:
+            shape_in, shape_out = shape_out, shape_in
+        batch = value.shape[: value.dim() - len(shape_in)]
+        if batch.numel() == 0:
+            return value.new_zeros(batch + tuple(shape_out)), value.new_zeros(batch)
+        if inverse:
+            return self._inverse_and_log_det(value, context)
+        return self._forward_and_log_det(value, context)
+
     def _kernel_and_context(self) -> tuple[FlowTransform, None]:
         return self, None
 
     def _validate(self, value: torch.Tensor, context: torch.Tensor | None, name: str) -> None:
         shape = self.output_shape if name == "y" else self.event_shape
         check_event(name, value, shape)
+        dtype = self._float_dtype()
+        check_dtype(name, value, dtype)
         check_context(context, self.context_shape, value.shape[: value.dim() - len(shape)])
+        if context is not None:
+            check_dtype("context", context, dtype)
+
+    def _float_dtype(self) -> torch.dtype | None:
+        """The dtype of the layer's floating parameters and buffers (None: it has none)."""
+        return next((t.dtype for t in self._state_tensors() if t.is_floating_point()), None)
 
     def extra_repr(self) -> str:
         extra = f"event_shape={tuple(self.event_shape)}"

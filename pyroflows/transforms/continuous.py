@@ -10,6 +10,7 @@ from torchdiffeq import odeint, odeint_adjoint
 
 from pyroflows.nn.odenet import ConcatSquashMLP
 from pyroflows.transforms.base import ConditionalFlowTransform, FlowTransform
+from pyroflows.validation import check_tolerances
 
 __all__ = ["ConditionalContinuousFlow", "ContinuousFlow"]
 
@@ -117,6 +118,8 @@ class ContinuousFlow(FlowTransform):
             raise ValueError(f"trace must be 'exact' or 'hutchinson', got {trace!r}")
         if noise not in ("gaussian", "rademacher"):
             raise ValueError(f"noise must be 'gaussian' or 'rademacher', got {noise!r}")
+        if method in _ADAPTIVE:
+            check_tolerances(rtol, atol)
         self.dynamics = _Dynamics(velocity or ConcatSquashMLP(input_dim, hidden_dims, context_dim), trace, regularize)
         self.noise, self.method, self.rtol, self.atol = noise, method, rtol, atol
         self.step_size, self.adjoint = step_size, adjoint
