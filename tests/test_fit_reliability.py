@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 
 import pyro
@@ -82,3 +83,12 @@ def test_a_failing_autoflow_set_up_shows_its_own_error_every_time():
     for _ in range(2):
         with pytest.raises((ValueError, TypeError), match="k"):
             fit(model, guide, num_steps=3, progress=False)
+
+
+def test_fit_keeps_pyro_plate_guess_and_progress_redraws_out_of_logs(caplog, capsys):
+    data = torch.zeros(3)
+    with caplog.at_level(logging.INFO, logger="pyro"):
+        fit(normal_model, AutoNormal(normal_model), data, num_steps=30, progress=True)
+    assert not [r for r in caplog.records if "max_plate_nesting" in r.getMessage()]
+    captured = capsys.readouterr()
+    assert "fit:" not in captured.err + captured.out  # not a terminal: no bar

@@ -51,7 +51,7 @@ def train(
     gen = torch.Generator().manual_seed(seed if seed is not None else int(torch.randint(2**31, ())))
     losses: list[float] = []
     start = time.perf_counter()
-    bar = tqdm(range(steps), disable=not progress, desc="discrete flow matching")
+    bar = tqdm(range(steps), disable=None if progress else True, desc="discrete flow matching")
     for step in bar:
         if decay:
             done = (

@@ -184,7 +184,8 @@ def train(
     share = batch_size // world
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=total_steps, initial=start_epoch * steps_per_epoch, disable=not progress or rank != 0)
+    show = None if progress and rank == 0 else True  # None: only on a terminal
+    bar = tqdm(total=total_steps, initial=start_epoch * steps_per_epoch, disable=show)
     for epoch in range(start_epoch, epochs):
         began = time.perf_counter()
         order = _epoch_order(len(train_data), seed, epoch)

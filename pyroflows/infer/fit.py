@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import math
 import numbers
 import time
@@ -67,6 +69,22 @@ def _loss_is_non_finite(elbo: ELBO, model, guide, args, kwargs) -> bool:
             return not math.isfinite(elbo.loss(model, guide, *args, **kwargs))
     except (ValueError, RuntimeError):
         return False
+
+
+class _NoGuessMessage(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Guessed max_plate_nesting")
+
+
+@contextlib.contextmanager
+def _quiet_plate_nesting_guess():
+    """Drop Pyro's "Guessed max_plate_nesting" INFO line (it breaks the progress bar)."""
+    logger, quiet = logging.getLogger("pyro.infer.elbo"), _NoGuessMessage()
+    logger.addFilter(quiet)
+    try:
+        yield
+    finally:
+        logger.removeFilter(quiet)
 
 
 def _restore(params: list[torch.Tensor], good: list[torch.Tensor]) -> None:
@@ -152,56 +170,58 @@ def fit(
     averaged: list[torch.Tensor] | None = None
     count = 0
     start = time.perf_counter()
-    bar = tqdm(range(num_steps), disable=not progress, desc="fit", leave=False)
-    for step in bar:
-        try:
-            with poutine.trace(param_only=True) as capture:
-                value = elbo.loss_and_grads(model, guide, *args, **kwargs)
-        except (ValueError, RuntimeError) as err:
-            if _loss_is_non_finite(elbo, model, guide, args, kwargs):  # e.g. Pyro's validation caught a NaN
+    # progress only on a terminal (a log file would get every redraw)
+    bar = tqdm(range(num_steps), disable=None if progress else True, desc="fit", leave=False)
+    with _quiet_plate_nesting_guess():
+        for step in bar:
+            try:
+                with poutine.trace(param_only=True) as capture:
+                    value = elbo.loss_and_grads(model, guide, *args, **kwargs)
+            except (ValueError, RuntimeError) as err:
+                if _loss_is_non_finite(elbo, model, guide, args, kwargs):  # e.g. Pyro's validation caught a NaN
+                    _restore(params, good)
+                    raise NonFiniteLossError(_message(step, "loss", err)) from err
+                if step or loss is not None or not getattr(elbo, "vectorize_particles", False):
+                    raise
+                elbo = Trace_ELBO(num_particles=num_particles, vectorize_particles=False)
+                with poutine.trace(param_only=True) as capture:
+                    value = elbo.loss_and_grads(model, guide, *args, **kwargs)  # fails alike: its error is the real one
+                warnings.warn(f"vectorised particles failed ({err}); using sequential particles", stacklevel=2)
+            current = [site["value"].unconstrained() for site in capture.trace.nodes.values()]
+            if optimizer is None or len(current) != len(params):
+                params = current
+                optimizer = torch.optim.Adam(params, lr=lr, foreach=True)
+                good = [p.detach().clone() for p in params]
+                averaged = None
+            grads = [p.grad for p in params if p.grad is not None]
+            # one global norm serves the finiteness check and the clipping (a single sync per step)
+            norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads))).item() if grads else 0.0
+            finite = math.isfinite(value) and math.isfinite(norm)
+            if not finite:
                 _restore(params, good)
-                raise NonFiniteLossError(_message(step, "loss", err)) from err
-            if step or loss is not None or not getattr(elbo, "vectorize_particles", False):
-                raise
-            elbo = Trace_ELBO(num_particles=num_particles, vectorize_particles=False)
-            with poutine.trace(param_only=True) as capture:
-                value = elbo.loss_and_grads(model, guide, *args, **kwargs)  # fails alike: its error is the real one
-            warnings.warn(f"vectorised particles failed ({err}); using sequential particles", stacklevel=2)
-        current = [site["value"].unconstrained() for site in capture.trace.nodes.values()]
-        if optimizer is None or len(current) != len(params):
-            params = current
-            optimizer = torch.optim.Adam(params, lr=lr, foreach=True)
-            good = [p.detach().clone() for p in params]
-            averaged = None
-        grads = [p.grad for p in params if p.grad is not None]
-        # one global norm serves the finiteness check and the clipping (a single sync per step)
-        norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads))).item() if grads else 0.0
-        finite = math.isfinite(value) and math.isfinite(norm)
-        if not finite:
-            _restore(params, good)
-            raise NonFiniteLossError(_message(step, "loss" if not math.isfinite(value) else "gradient", value))
-        with torch.no_grad():
-            torch._foreach_copy_(good, [p.data for p in params])
-        if clip_norm is not None and norm > clip_norm:
-            torch._foreach_mul_(grads, clip_norm / (norm + 1e-6))
-        for group in optimizer.param_groups:
-            group["lr"] = lr * learning_rate_factor(step, num_steps, warmup, final_lr)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        if step >= average_from:
-            count = 1 if averaged is None else count + 1
+                raise NonFiniteLossError(_message(step, "loss" if not math.isfinite(value) else "gradient", value))
             with torch.no_grad():
-                if averaged is None:
-                    averaged = [p.detach().clone() for p in params]
-                else:
-                    torch._foreach_lerp_(averaged, [p.detach() for p in params], 1.0 / count)
-        losses.append(value)
-        if progress and step % 25 == 0:
-            bar.set_postfix(loss=f"{np.mean(losses[-25:]):.4g}")
-        if stopper is not None and stopper(losses):
-            break
-        if max_seconds is not None and time.perf_counter() - start > max_seconds:
-            break
+                torch._foreach_copy_(good, [p.data for p in params])
+            if clip_norm is not None and norm > clip_norm:
+                torch._foreach_mul_(grads, clip_norm / (norm + 1e-6))
+            for group in optimizer.param_groups:
+                group["lr"] = lr * learning_rate_factor(step, num_steps, warmup, final_lr)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            if step >= average_from:
+                count = 1 if averaged is None else count + 1
+                with torch.no_grad():
+                    if averaged is None:
+                        averaged = [p.detach().clone() for p in params]
+                    else:
+                        torch._foreach_lerp_(averaged, [p.detach() for p in params], 1.0 / count)
+            losses.append(value)
+            if progress and step % 25 == 0:
+                bar.set_postfix(loss=f"{np.mean(losses[-25:]):.4g}")
+            if stopper is not None and stopper(losses):
+                break
+            if max_seconds is not None and time.perf_counter() - start > max_seconds:
+                break
     bar.close()
     if averaged is not None:
         _restore(params, averaged)

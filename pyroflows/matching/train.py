@@ -66,7 +66,7 @@ def train(
     gen = torch.Generator(device="cpu")
     gen.manual_seed(seed if seed is not None else int(torch.randint(2**31, ())))
     losses = []
-    bar = tqdm(range(steps), disable=not progress, desc="flow matching")
+    bar = tqdm(range(steps), disable=None if progress else True, desc="flow matching")
     for step in bar:
         idx = torch.randint(n, (min(batch_size, n),), generator=gen).to(x_1.device)
         t = torch.zeros(len(idx), dtype=x_1.dtype, device=x_1.device) if one_step else None
