@@ -235,6 +235,25 @@ def test_checkpoints_resume_exactly(tmp_path):
         assert torch.equal(a, b), name
 
 
+@pytest.mark.parametrize("damage", ["truncated", "garbage", "empty", "not a checkpoint"])
+def test_a_damaged_checkpoint_is_named_not_unpickled_into_a_traceback(tmp_path, damage):
+    data = load_digits_images("train").images[:64]
+    path = tmp_path / "run.pt"
+    train(_digits_model("variational"), data, epochs=1, batch_size=64, warmup_steps=1, checkpoint=path, progress=False)
+    content = path.read_bytes()
+    damaged = {
+        "truncated": content[: len(content) // 2],
+        "garbage": b"not a torch file at all",
+        "empty": b"",
+    }
+    if damage == "not a checkpoint":
+        torch.save({"weights": torch.zeros(2)}, path)
+    else:
+        path.write_bytes(damaged[damage])
+    with pytest.raises(ValueError, match="corrupted or incomplete"):
+        train(_digits_model("variational"), data, epochs=2, batch_size=64, checkpoint=path, progress=False)
+
+
 def test_non_finite_loss_is_reported():
     model = _digits_model()
     with torch.no_grad():

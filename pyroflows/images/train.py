@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import os
+import pickle
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -113,6 +114,20 @@ def _evaluate(model: ImageFlow, test_data, seed, batch_size, device):
     return total / len(test_data), record, error
 
 
+CHECKPOINT_KEYS = ("model", "optimizer", "schedule", "history", "epoch")
+
+
+def _load_checkpoint(path: Path, device) -> dict:
+    """A training checkpoint, or a ``ValueError`` that says the file is damaged."""
+    try:
+        state = torch.load(path, map_location=device, weights_only=False)  # the history is a pickled dataclass
+    except (EOFError, OSError, RuntimeError, pickle.UnpicklingError, ValueError) as err:
+        raise ValueError(f"checkpoint {path} is corrupted or incomplete ({err}); delete it to start afresh") from err
+    if not isinstance(state, dict) or any(key not in state for key in CHECKPOINT_KEYS):
+        raise ValueError(f"checkpoint {path} is corrupted or incomplete: expected the keys {CHECKPOINT_KEYS}")
+    return state
+
+
 def train(
     model: ImageFlow,
     train_data: torch.Tensor,
@@ -168,7 +183,7 @@ def train(
     history, start_epoch = ImageHistory(), 0
     path = Path(checkpoint) if checkpoint is not None else None
     if path is not None and path.exists():
-        state = torch.load(path, map_location=device, weights_only=False)
+        state = _load_checkpoint(path, device)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         schedule.load_state_dict(state["schedule"])

@@ -160,43 +160,40 @@ class AutoFlow(AutoContinuous):
 
     # ---- set-up -------------------------------------------------------------------------------------------------
 
-    def _setup_prototype(self, *args, **kwargs):
+    def _setup_prototype(self, *args, **kwargs):  # one frame deep: the warnings' stacklevels count on it
         try:
-            self._set_up(*args, **kwargs)
+            with isolated():
+                AutoGuide._setup_prototype(self, *args, **kwargs)
+                sites = list(self.prototype_trace.iter_stochastic_nodes())
+                for name, site in sites:
+                    check_continuous(name, site["fn"])
+                if not sites:
+                    raise ValueError("the model has no latent sample sites: there is nothing to infer")
+                layout = self._layout = LatentLayout(sites, self.structure)
+                space = None if layout.subsampled else LatentSpace(self.model, *args, **kwargs)
+                if layout.plate is not None and space is not None and members_interact(space, layout, args, kwargs):
+                    layout.disable_plate(f"the log density couples members of plate {layout.plate.name!r}")
+                self._check_structure(layout)
+                self._unconstrained_shapes = {n: s.unconstrained_shape for n, s in layout.sites.items()}
+                self._cond_indep_stacks = {n: s.cond_indep_stack for n, s in layout.sites.items()}
+                self.latent_dim = layout.dim
+                dtype = sites[0][1]["value"].dtype
+                reload = self._pyro_get_fullname("preconditioner_loc") in pyro.get_param_store()
+                self._build(layout, dtype)  # takes values already in the param store
+                if self._pending_state is not None:
+                    state, self._pending_state = self._pending_state, None
+                    super().load_state_dict(state)
+                elif not reload:
+                    self._warm_start(layout, space, dtype, args, kwargs)
+                warm = self._pending_state is None and not reload and self.warm_start is not None
+                self._plate_nesting = max_plate_nesting(self.prototype_trace)
+                self._model_args = (args, kwargs)
+                self._local_laplace = self._make_local_laplace(layout, args, kwargs)
+                if warm and self._local_laplace is not None:
+                    self._marginal_warm_start(layout, args, kwargs)
         except BaseException:
             self.prototype_trace = None  # a later call sets up again and shows the same error
             raise
-
-    def _set_up(self, *args, **kwargs):
-        with isolated():
-            AutoGuide._setup_prototype(self, *args, **kwargs)
-            sites = list(self.prototype_trace.iter_stochastic_nodes())
-            for name, site in sites:
-                check_continuous(name, site["fn"])
-            if not sites:
-                raise ValueError("the model has no latent sample sites: there is nothing to infer")
-            layout = self._layout = LatentLayout(sites, self.structure)
-            space = None if layout.subsampled else LatentSpace(self.model, *args, **kwargs)
-            if layout.plate is not None and space is not None and members_interact(space, layout, args, kwargs):
-                layout.disable_plate(f"the log density couples members of plate {layout.plate.name!r}")
-            self._check_structure(layout)
-            self._unconstrained_shapes = {n: s.unconstrained_shape for n, s in layout.sites.items()}
-            self._cond_indep_stacks = {n: s.cond_indep_stack for n, s in layout.sites.items()}
-            self.latent_dim = layout.dim
-            dtype = sites[0][1]["value"].dtype
-            reload = self._pyro_get_fullname("preconditioner_loc") in pyro.get_param_store()
-            self._build(layout, dtype)  # takes values already in the param store
-            if self._pending_state is not None:
-                state, self._pending_state = self._pending_state, None
-                super().load_state_dict(state)
-            elif not reload:
-                self._warm_start(layout, space, dtype, args, kwargs)
-            warm = self._pending_state is None and not reload and self.warm_start is not None
-            self._plate_nesting = max_plate_nesting(self.prototype_trace)
-            self._model_args = (args, kwargs)
-            self._local_laplace = self._make_local_laplace(layout, args, kwargs)
-            if warm and self._local_laplace is not None:
-                self._marginal_warm_start(layout, args, kwargs)
 
     def _make_local_laplace(self, layout: LatentLayout, args, kwargs) -> LocalLaplace | None:
         if layout.plate is None or self.conditional != "laplace" or layout.local_dim > MAX_LOCAL_DIM:
