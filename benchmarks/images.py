@@ -55,7 +55,7 @@ class NormflowsGlow(torch.nn.Module):
         self.logit = Logit(SHAPE, ALPHA)
 
     def forward(self, x, noise):
-        z, log_det = self.logit._inverse_and_log_det((x + noise) / LEVELS, None)
+        z, log_det = self.logit.inverse_and_log_det((x + noise) / LEVELS, validate=False)
         log_p = self.model.log_prob(z, None) - log_det - math.prod(SHAPE) * math.log(LEVELS)
         return -log_p / (math.prod(SHAPE) * math.log(2))
 

@@ -20,10 +20,10 @@ from __future__ import annotations
 
 import pyro.distributions as dist
 import torch
+from pyro.distributions.util import sum_rightmost
 from torch.distributions import ComposeTransform, Transform
-from torch.distributions.utils import _sum_rightmost
 
-from pyroflows.transforms.base import _CachedBijection
+from pyroflows.transforms.base import CachedBijection
 
 
 def _flatten(transforms: list[Transform]) -> list[Transform]:
@@ -49,18 +49,18 @@ class FlowDistribution(dist.TransformedDistribution):
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
         if self._validate_args:
             self._validate_sample(value)
-        if not value.numel():  # torch's _sum_rightmost cannot reshape an empty batch
+        if not value.numel():  # torch's sum over event dims cannot reshape an empty batch
             return value.new_zeros(value.shape[: value.dim() - len(self.event_shape)])
         event_dim = len(self.event_shape)
         log_prob = 0.0
         y = value
         for transform in reversed(_flatten(self.transforms)):
-            if isinstance(transform, _CachedBijection):
+            if isinstance(transform, CachedBijection):
                 x, log_det = transform.inverse_and_log_det(y)
             else:
                 x = transform.inv(y)
                 log_det = transform.log_abs_det_jacobian(x, y)
             event_dim += transform.domain.event_dim - transform.codomain.event_dim
-            log_prob = log_prob - _sum_rightmost(log_det, event_dim - transform.domain.event_dim)
+            log_prob = log_prob - sum_rightmost(log_det, event_dim - transform.domain.event_dim)
             y = x
-        return log_prob + _sum_rightmost(self.base_dist.log_prob(y), event_dim - len(self.base_dist.event_shape))
+        return log_prob + sum_rightmost(self.base_dist.log_prob(y), event_dim - len(self.base_dist.event_shape))

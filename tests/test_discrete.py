@@ -20,8 +20,8 @@ from pyroflows.discrete import (
     Polynomial,
     train,
 )
-from pyroflows.infer.fit import NonFiniteLossError
 from pyroflows.nn.tokens import SequenceTransformer
+from pyroflows.training import NonFiniteLossError
 
 from .discrete_cases import PI, ExactPosterior, L, V, exact_model, iid_data
 

@@ -17,7 +17,7 @@ import torch
 from pyroflows.images import ImageFlow, VariationalDequantization, glow, realnvp_image, resflow_image
 from pyroflows.images.data import load_cifar10, load_digits_images, load_mnist
 from pyroflows.images.train import lr_factor, save_image_grid, train
-from pyroflows.infer.fit import NonFiniteLossError
+from pyroflows.training import NonFiniteLossError
 from pyroflows.transforms import GlowStep, ImageCoupling, LogDetEstimator, Logit, Unsqueeze
 
 from .ddp_worker import one_step_gradients, tiny_data, tiny_model

@@ -9,7 +9,6 @@ import torch
 from torch import nn
 
 from pyroflows.datasets import toy_2d
-from pyroflows.infer.fit import NonFiniteLossError
 from pyroflows.matching import (
     AffinePath,
     CondOT,
@@ -27,6 +26,7 @@ from pyroflows.matching import (
     wasserstein2,
 )
 from pyroflows.nn.velocity import TimeMLP, UNet8
+from pyroflows.training import NonFiniteLossError
 
 COUPLINGS = {"independent": Independent, "ot": ExactOT}
 

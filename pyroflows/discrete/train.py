@@ -8,8 +8,8 @@ import time
 import torch
 from tqdm.auto import tqdm
 
-from pyroflows.infer.fit import NonFiniteLossError
 from pyroflows.nn.ema import WeightAverage
+from pyroflows.training import NonFiniteLossError
 
 __all__ = ["train"]
 
@@ -37,7 +37,7 @@ def train(
     weights (:class:`~pyroflows.nn.ema.WeightAverage`). With ``decay`` each learning
     rate follows a cosine from its initial value to zero over the run, whose progress is the larger
     of the step fraction and the fraction of ``max_seconds`` spent. Raises
-    :class:`~pyroflows.infer.fit.NonFiniteLossError` on a NaN/Inf loss.
+    :class:`~pyroflows.training.NonFiniteLossError` on a NaN/Inf loss.
     Returns the losses."""
     if not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps must be a positive int, got {steps!r}")

@@ -90,7 +90,7 @@ class VariationalDequantization(nn.Module):
         h = noise
         log_q = _normal_log_prob(noise, torch.zeros(()), torch.zeros(()))
         for step in self.steps:
-            h, log_det = step._forward_and_log_det(h, features)
+            h, log_det = step.forward_and_log_det(h, features, validate=False)
             log_q = log_q - log_det
         log_q = log_q - (F.logsigmoid(h) + F.logsigmoid(-h)).flatten(1).sum(-1)
         return torch.sigmoid(h), log_q

@@ -103,7 +103,7 @@ class ImageFlow(nn.Module):
         u = (x + v) / self.num_levels
         if self.preprocess is None:
             return u - 0.5, 0.0, log_q
-        z, log_det = self.preprocess._inverse_and_log_det(u, None)
+        z, log_det = self.preprocess.inverse_and_log_det(u, validate=False)
         return z, log_det, log_q
 
     def flow_input(self, x: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
@@ -127,5 +127,5 @@ class ImageFlow(nn.Module):
     def sample(self, n: int, temperature: float = 1.0) -> torch.Tensor:
         """``n`` images of pixel values (int64), decoded from the flow at ``temperature``."""
         z = self.flow.sample(n, temperature)
-        u = z + 0.5 if self.preprocess is None else self.preprocess._forward_and_log_det(z, None)[0]
+        u = z + 0.5 if self.preprocess is None else self.preprocess.forward_and_log_det(z, validate=False)[0]
         return (u * self.num_levels).floor().clamp(0, self.num_levels - 1).long()

@@ -134,7 +134,7 @@ class MultiScaleFlow(nn.Module):
         latents, kept = [], []
         for i, level in enumerate(self.levels):
             for j, layer in reversed(list(enumerate(level))):
-                h, log_det = layer._inverse_and_log_det(h, None)
+                h, log_det = layer.inverse_and_log_det(h, validate=False)
                 total = total - log_det
                 if record is not None:
                     record[f"level{i}.{j}.{type(layer).__name__}"] = -log_det.detach().mean().item()
@@ -155,7 +155,7 @@ class MultiScaleFlow(nn.Module):
             if i < len(self.splits):
                 h = torch.cat([h, factored(i, h)], dim=1)
             for layer in self.levels[i]:
-                h = layer._forward_and_log_det(h, None)[0]
+                h = layer.forward_and_log_det(h, validate=False)[0]
         return h
 
     def log_prob(self, x: torch.Tensor, record: dict | None = None) -> torch.Tensor:

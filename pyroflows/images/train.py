@@ -22,7 +22,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 from pyroflows.images.model import ImageFlow
-from pyroflows.infer.fit import NonFiniteLossError
+from pyroflows.training import NonFiniteLossError
 
 __all__ = ["ImageHistory", "lr_factor", "save_image_grid", "setup_distributed", "train"]
 
@@ -158,7 +158,7 @@ def train(
     it and follows the uninterrupted run exactly. ActNorm layers initialise on
     the first batch (the same on every rank). Under ``torchrun`` each rank
     takes its share of every batch; only rank 0 writes files. A NaN or Inf
-    loss raises :class:`~pyroflows.infer.fit.NonFiniteLossError`.
+    loss raises :class:`~pyroflows.training.NonFiniteLossError`.
     ``callback(epoch, history)`` runs after every epoch; returning ``True``
     stops the run there (a later call with the same ``checkpoint`` resumes it).
     """

@@ -16,11 +16,9 @@ from pyro import poutine
 from pyro.infer import ELBO, Trace_ELBO
 from tqdm.auto import tqdm
 
+from pyroflows.training import NonFiniteLossError
+
 __all__ = ["NonFiniteLossError", "fit"]
-
-
-class NonFiniteLossError(FloatingPointError):
-    """The ELBO or its gradient became NaN or infinite during :func:`fit`."""
 
 
 def learning_rate_factor(step: int, num_steps: int, warmup: float, final_lr: float) -> float:

@@ -7,9 +7,9 @@ import math
 import torch
 from tqdm.auto import tqdm
 
-from pyroflows.infer.fit import NonFiniteLossError
 from pyroflows.matching.model import FlowMatcher
 from pyroflows.nn.ema import WeightAverage
+from pyroflows.training import NonFiniteLossError
 
 __all__ = ["distill", "reflow", "reflow_pairs", "straightness", "train"]
 
@@ -51,7 +51,7 @@ def train(
     warmed up as ``min(ema, (1 + n) / (10 + n))`` after ``n`` updates, so short
     runs are not pulled back to the initial weights); ``None`` keeps the last
     weights. Raises
-    :class:`~pyroflows.infer.fit.NonFiniteLossError` on a NaN/Inf loss.
+    :class:`~pyroflows.training.NonFiniteLossError` on a NaN/Inf loss.
     Returns the losses."""
     if not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps must be a positive int, got {steps!r}")

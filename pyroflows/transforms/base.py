@@ -59,7 +59,7 @@ def _state_key(kernel: FlowTransform) -> tuple:
     return (torch.is_grad_enabled(), *[t._version for t in kernel._state_tensors()])
 
 
-class _CachedBijection:
+class CachedBijection:
     """Cache and validation shared by layers and by layers bound to a context.
 
     An entry is served while the kernel's parameters, buffers and grad mode
@@ -154,7 +154,7 @@ class _CachedBijection:
         return torch.Size((*shape[: len(shape) - n], *kernel.event_shape))
 
 
-class FlowTransform(_CachedBijection, TransformModule):
+class FlowTransform(CachedBijection, TransformModule):
     """Base class of every pyroflows layer: a Pyro ``TransformModule``.
 
     Args:
@@ -199,18 +199,21 @@ class FlowTransform(_CachedBijection, TransformModule):
 
     # -- public, uncached --------------------------------------------------------
     def forward_and_log_det(
-        self, x: torch.Tensor, context: torch.Tensor | None = None
+        self, x: torch.Tensor, context: torch.Tensor | None = None, *, validate: bool = True
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Return ``y = f(x)`` and ``log|det df/dx|`` (batch shape), bypassing the cache."""
-        if validation_enabled():
+        """Return ``y = f(x)`` and ``log|det df/dx|`` (batch shape), bypassing the cache.
+        ``validate=False`` skips the input checks for this call (inner loops that
+        checked their data once); :func:`~pyroflows.set_validation` does it globally."""
+        if validate and validation_enabled():
             self._validate(x, context, "x")
         return self._run(x, context, inverse=False)
 
     def inverse_and_log_det(
-        self, y: torch.Tensor, context: torch.Tensor | None = None
+        self, y: torch.Tensor, context: torch.Tensor | None = None, *, validate: bool = True
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Return ``x = f^{-1}(y)`` and the *forward* ``log|det df/dx|`` at that ``x``."""
-        if validation_enabled():
+        """Return ``x = f^{-1}(y)`` and the *forward* ``log|det df/dx|`` at that ``x``
+        (``validate`` as in :meth:`forward_and_log_det`)."""
+        if validate and validation_enabled():
             self._validate(y, context, "y")
         return self._run(y, context, inverse=True)
 
@@ -257,13 +260,13 @@ class FlowTransform(_CachedBijection, TransformModule):
     def _validate(self, value: torch.Tensor, context: torch.Tensor | None, name: str) -> None:
         shape = self.output_shape if name == "y" else self.event_shape
         check_event(name, value, shape)
-        dtype = self._float_dtype()
+        dtype = self.parameter_dtype()
         check_dtype(name, value, dtype)
         check_context(context, self.context_shape, value.shape[: value.dim() - len(shape)])
         if context is not None:
             check_dtype("context", context, dtype)
 
-    def _float_dtype(self) -> torch.dtype | None:
+    def parameter_dtype(self) -> torch.dtype | None:
         """The dtype of the layer's floating parameters and buffers (None: it has none)."""
         return next((t.dtype for t in self._state_tensors() if t.is_floating_point()), None)
 
@@ -276,7 +279,7 @@ class FlowTransform(_CachedBijection, TransformModule):
         return extra
 
 
-class ConditionedFlowTransform(_CachedBijection, Transform):
+class ConditionedFlowTransform(CachedBijection, Transform):
     """A conditional layer bound to one context; what ``condition`` returns."""
 
     bijective = True
