@@ -20,7 +20,6 @@ import torch
 from pyro.distributions.conditional import ConditionalComposeTransformModule
 from pyro.distributions.torch_transform import ComposeTransformModule
 
-from pyroflows.images.multiscale import glow, realnvp_image, resflow_image  # image flows live in pyroflows.images
 from pyroflows.transforms import (
     ActNorm,
     AdditiveCoupling,
@@ -37,7 +36,7 @@ from pyroflows.transforms import (
     SplineCoupling,
 )
 
-__all__ = ["ffjord", "glow", "iaf", "maf", "nice", "nsf", "realnvp", "realnvp_image", "resflow", "resflow_image"]
+__all__ = ["ffjord", "iaf", "maf", "nice", "nsf", "realnvp", "resflow"]  # image flows: pyroflows.images
 
 
 def _check(input_dim: int, num_transforms: int) -> None:
