@@ -32,11 +32,23 @@ from pyroflows.transforms import (
     LogDetEstimator,
     Residual,
     Reverse,
+    Spline,
     SplineAutoregressive,
     SplineCoupling,
 )
 
-__all__ = ["ffjord", "iaf", "maf", "nice", "nsf", "realnvp", "resflow"]  # image flows: pyroflows.images
+__all__ = [
+    "PRESETS",
+    "default_options",
+    "ffjord",
+    "iaf",
+    "latent_flow",
+    "maf",
+    "nice",
+    "nsf",
+    "realnvp",
+    "resflow",
+]  # image flows: pyroflows.images
 
 
 def _check(input_dim: int, num_transforms: int) -> None:
@@ -276,3 +288,56 @@ def ffjord(
         for _ in range(num_transforms)
     ]
     return _compose(layers, context_dim)
+
+
+PRESETS: dict[str, Callable] = {
+    "nsf": nsf,
+    "iaf": iaf,
+    "realnvp": realnvp,
+    "nice": nice,
+    "resflow": resflow,
+    "ffjord": ffjord,
+}
+EXACT_LOG_DET_MAX_DIM = 16  # resflow preset: exact log-det up to this latent size, Russian roulette above
+
+
+def default_options(flow: str, latent_dim: int) -> dict:
+    """The flow options :class:`~pyroflows.infer.AutoFlow` uses for ``latent_dim`` latents.
+
+    | option | default |
+    |---|---|
+    | num_transforms | 2 if D <= 10, else 3 |
+    | hidden_dims | (max(32, 4 D),) * 2, capped at 256 units |
+    | count_bins (nsf) | 8; the spline box is [-5, 5] (whitened space) |
+    | nsf variant | autoregressive, IAF mode (sampling and the density of its own samples in one pass) |
+    | resflow log-det | exact if D <= 16, else Russian roulette |
+    | ffjord | one continuous flow, dopri5, exact trace if D <= 8, else Hutchinson |
+    """
+    width = min(256, max(32, 4 * latent_dim))
+    options: dict = {"num_transforms": 2 if latent_dim <= 10 else 3, "hidden_dims": (width, width)}
+    if flow == "nsf":
+        options.update(count_bins=8, bound=5.0, variant="autoregressive", mode="iaf")
+    if flow == "ffjord":
+        options = {"num_transforms": 1, "hidden_dims": (width, width)}
+    if flow == "resflow":
+        method = "exact" if latent_dim <= EXACT_LOG_DET_MAX_DIM else "roulette"
+        options.update(log_det=LogDetEstimator(method), actnorm=False)
+    return options
+
+
+def latent_flow(name: str, dim: int, **options) -> ComposeTransformModule:
+    """Preset ``name`` over ``dim`` latents, built to work without data (flow
+    guides and priors): in 1-D, where no coupling or autoregressive structure
+    exists, an elementwise spline (``count_bins`` 16 and ``bound`` 5 unless
+    given); :class:`ActNorm` layers start at the identity instead of waiting
+    for a first batch."""
+    if name not in PRESETS:
+        raise ValueError(f"flow must be one of {sorted(PRESETS)}, got {name!r}")
+    if dim == 1:
+        spline = Spline(1, count_bins=options.get("count_bins", 16), bound=options.get("bound", 5.0))
+        return ComposeTransformModule([spline])
+    flow = PRESETS[name](dim, **options)
+    for layer in flow.modules():
+        if isinstance(layer, ActNorm):
+            layer.skip_data_init()
+    return flow

@@ -119,3 +119,15 @@ def test_nsf_coupling_options():
 
 def test_nsf_base_to_data_learns_a_correlated_gaussian():
     test_factory_learns_a_correlated_gaussian(functools.partial(pyroflows.nsf, spline_direction="base_to_data"))
+
+
+def test_latent_flow_works_without_data_in_any_dimension():
+    from pyroflows.flows import latent_flow
+
+    x = torch.randn(1, 3)  # one draw: no batch to initialise ActNorm from
+    flow = latent_flow("nice", 3)
+    torch.testing.assert_close(flow(x), x)  # ActNorm starts at the identity
+    one_d = latent_flow("realnvp", 1)
+    assert len(one_d) == 1 and type(one_d[0]).__name__ == "Spline"
+    with pytest.raises(ValueError, match="flow must be one of"):
+        latent_flow("glow", 3)

@@ -14,7 +14,7 @@ from pyro.distributions.transforms import LowerCholeskyAffine
 from pyro.infer.autoguide import AutoContinuous, AutoGuide
 from pyro.nn import PyroParam
 
-from pyroflows import flows
+from pyroflows.flows import PRESETS, default_options, latent_flow
 from pyroflows.infer.guide_transform import GuideTransform
 from pyroflows.infer.latent import LatentSpace, check_continuous, init_to_mean_or_zero, isolated, max_plate_nesting
 from pyroflows.infer.layout import LatentLayout, members_interact
@@ -22,48 +22,15 @@ from pyroflows.infer.local_laplace import MAX_LOCAL_DIM, LocalLaplace
 from pyroflows.infer.members import MemberFlow
 from pyroflows.infer.structured import StructuredForm
 from pyroflows.infer.warm_start import gaussian_warm_start, laplace, marginal_mode, mean_field_vector
-from pyroflows.transforms import ActNorm, LogDetEstimator, Spline, TriangularAffine
+from pyroflows.transforms import TriangularAffine
 
 __all__ = ["AutoFlow", "PRESETS", "default_options"]
 
-PRESETS: dict[str, Callable] = {
-    "nsf": flows.nsf,
-    "iaf": flows.iaf,
-    "realnvp": flows.realnvp,
-    "nice": flows.nice,
-    "resflow": flows.resflow,
-    "ffjord": flows.ffjord,
-}
-EXACT_LOG_DET_MAX_DIM = 16  # resflow preset: exact log-det up to this latent size, Russian roulette above
 LAPLACE_MAX_DIM = 500  # above this the joint warm start skips the O(D^2) Laplace candidates
 WARM_STARTS = ("auto", "laplace", "mean_field", None)
 STRUCTURES = ("auto", "plates", "joint")
 CONDITIONALS = ("laplace", "learned")
 SAMPLE_CHUNK = 256  # draws per pass when the locals need the model (bounds memory)
-
-
-def default_options(flow: str, latent_dim: int) -> dict:
-    """The flow options :class:`AutoFlow` uses for ``latent_dim`` latents.
-
-    | option | default |
-    |---|---|
-    | num_transforms | 2 if D <= 10, else 3 |
-    | hidden_dims | (max(32, 4 D),) * 2, capped at 256 units |
-    | count_bins (nsf) | 8; the spline box is [-5, 5] (whitened space) |
-    | nsf variant | autoregressive, IAF mode (sampling and the density of its own samples in one pass) |
-    | resflow log-det | exact if D <= 16, else Russian roulette |
-    | ffjord | one continuous flow, dopri5, exact trace if D <= 8, else Hutchinson |
-    """
-    width = min(256, max(32, 4 * latent_dim))
-    options: dict = {"num_transforms": 2 if latent_dim <= 10 else 3, "hidden_dims": (width, width)}
-    if flow == "nsf":
-        options.update(count_bins=8, bound=5.0, variant="autoregressive", mode="iaf")
-    if flow == "ffjord":
-        options = {"num_transforms": 1, "hidden_dims": (width, width)}
-    if flow == "resflow":
-        method = "exact" if latent_dim <= EXACT_LOG_DET_MAX_DIM else "roulette"
-        options.update(log_det=LogDetEstimator(method), actnorm=False)
-    return options
 
 
 class AutoFlow(StructuredForm, AutoContinuous):
@@ -260,14 +227,8 @@ class AutoFlow(StructuredForm, AutoContinuous):
     def _build_flow(self, dim: int):
         if callable(self.flow_spec):
             return self.flow_spec(dim)
-        if dim == 1:  # no coupling or autoregressive structure in 1-D: an elementwise spline
-            return ComposeTransformModule([Spline(1, count_bins=16, bound=5.0)])
-        options = {**default_options(self.flow_spec, dim), **self.flow_options}
-        flow = PRESETS[self.flow_spec](dim, **options)
-        for layer in flow.modules():  # no data to initialise ActNorm from: keep it at the identity
-            if isinstance(layer, ActNorm):
-                layer.initialized.fill_(True)
-        return flow
+        options = {} if dim == 1 else {**default_options(self.flow_spec, dim), **self.flow_options}
+        return latent_flow(self.flow_spec, dim, **options)
 
     def _warm_start(self, layout: LatentLayout, space: LatentSpace | None, dtype, args, kwargs) -> None:
         glob = layout.global_index

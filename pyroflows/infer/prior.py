@@ -8,7 +8,7 @@ from pyro.distributions.torch_transform import ComposeTransformModule
 from pyro.nn import PyroModule
 
 from pyroflows import flows
-from pyroflows.transforms import Spline, TriangularAffine
+from pyroflows.transforms import TriangularAffine
 
 __all__ = ["FlowPrior"]
 
@@ -44,14 +44,8 @@ class FlowPrior(PyroModule):
         if not isinstance(dim, int) or dim < 1:
             raise ValueError(f"dim must be a positive int, got {dim!r}")
         self.dim = dim
-        if dim == 1:
-            layers = [Spline(1, count_bins=count_bins, bound=bound)]
-        else:
-            layers = list(
-                flows.nsf(
-                    dim, num_transforms=num_transforms, hidden_dims=hidden_dims, count_bins=count_bins, bound=bound
-                )
-            )
+        options = {"num_transforms": num_transforms, "hidden_dims": hidden_dims, "count_bins": count_bins}
+        layers = list(flows.latent_flow("nsf", dim, bound=bound, **options))
         # then a learned affine map, so scale and location need not fit inside the spline box
         self.flow = ComposeTransformModule([*layers, TriangularAffine(dim)])
         self.register_buffer("_zero", torch.zeros(dim))

@@ -46,6 +46,12 @@ class ActNorm(FlowTransform):
         self.shift = nn.Parameter(torch.zeros(param_shape))
         self.register_buffer("initialized", torch.tensor(False))
 
+    def skip_data_init(self) -> None:
+        """Keep the current parameters (the identity when fresh): no
+        data-dependent initialisation on the first call (a flow guide or
+        prior has no data batch to standardise)."""
+        self.initialized.fill_(True)
+
     @torch.no_grad()
     def _initialize(self, value: torch.Tensor, inverse: bool) -> None:
         channels = self.event_shape[0]
