@@ -50,3 +50,12 @@ def test_flow_distribution_gives_an_empty_log_prob_for_an_empty_batch(name):
     assert flow.log_prob(torch.zeros(0, 3)).shape == (0,)
     with pytest.raises(ValueError, match="event shape"):
         flow.log_prob(torch.zeros(0, 4))
+
+
+def test_one_solver_list_serves_continuous_flows_and_flow_matching():
+    fm = matcher()
+    assert fm.sample(5, method="bosh3").shape == (5, 2)  # any adaptive solver, not only dopri5
+    assert fm.sample(5, steps=4, method="heun3").shape == (5, 2)
+    for bad in (lambda: fm.sample(5, method="tsit6"), lambda: ContinuousFlow(2, method="tsit6")):
+        with pytest.raises(ValueError, match="method must be one of"):
+            bad()

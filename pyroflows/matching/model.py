@@ -25,12 +25,12 @@ from torchdiffeq import odeint
 from pyroflows.distributions import FlowDistribution
 from pyroflows.matching.couplings import Coupling, Independent
 from pyroflows.matching.paths import AffinePath
-from pyroflows.transforms.continuous import ContinuousFlow
+from pyroflows.transforms.continuous import ADAPTIVE_SOLVERS, FIXED_STEP_SOLVERS, ContinuousFlow
 from pyroflows.validation import check_dtype, check_tolerances
 
 __all__ = ["FIXED_STEP", "FlowMatcher"]
 
-FIXED_STEP = ("euler", "midpoint", "rk4")
+FIXED_STEP = FIXED_STEP_SOLVERS  # one list of solvers, kept with ContinuousFlow
 
 
 class _FlatVelocity(nn.Module):
@@ -198,7 +198,8 @@ class FlowMatcher(nn.Module):
         """Integrate from ``x_0`` (or ``num`` source draws) to t = 1 without gradients.
 
         ``method``: ``"euler"``, ``"midpoint"``, ``"rk4"`` (``steps`` equal steps)
-        or ``"dopri5"`` (adaptive, ``rtol``/``atol``). :attr:`last_nfe` holds the
+        or an adaptive solver such as ``"dopri5"`` (``rtol``/``atol``; see
+        ``ADAPTIVE_SOLVERS`` in :mod:`pyroflows.transforms.continuous`). :attr:`last_nfe` holds the
         number of velocity evaluations. ``return_path`` returns all ``steps + 1``
         states of a fixed-step solve."""
         if isinstance(num_or_x_0, int):
@@ -208,11 +209,11 @@ class FlowMatcher(nn.Module):
         else:
             self._check(num_or_x_0, "x_0")
             x_0 = num_or_x_0
-        if method not in (*FIXED_STEP, "dopri5"):
-            raise ValueError(f"method must be one of {(*FIXED_STEP, 'dopri5')}, got {method!r}")
+        if method not in (*FIXED_STEP, *ADAPTIVE_SOLVERS):
+            raise ValueError(f"method must be one of {(*FIXED_STEP, *ADAPTIVE_SOLVERS)}, got {method!r}")
         if method in FIXED_STEP and (not isinstance(steps, int) or steps < 1):
             raise ValueError(f"steps must be a positive int, got {steps!r}")
-        if method == "dopri5":
+        if method in ADAPTIVE_SOLVERS:
             check_tolerances(rtol, atol)
         if not x_0.numel():  # nothing to integrate (an adaptive solver would fail on an empty state)
             self.last_nfe = 0
@@ -225,7 +226,7 @@ class FlowMatcher(nn.Module):
             return self.velocity_at(x, t, context, guidance)
 
         with torch.no_grad():
-            if method == "dopri5":
+            if method in ADAPTIVE_SOLVERS:
                 times = torch.tensor([0.0, 1.0], dtype=x_0.dtype, device=x_0.device)
                 path = odeint(func, x_0, times, method=method, rtol=rtol, atol=atol)
             else:

@@ -15,7 +15,8 @@ from pyroflows.validation import check_tolerances
 __all__ = ["ConditionalContinuousFlow", "ContinuousFlow"]
 
 
-_ADAPTIVE = ("dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun")
+ADAPTIVE_SOLVERS = ("dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun")  # torchdiffeq's, with rtol/atol
+FIXED_STEP_SOLVERS = ("euler", "midpoint", "rk4", "heun2", "heun3", "explicit_adams", "implicit_adams")
 
 
 def _state_norm(state) -> torch.Tensor:
@@ -118,7 +119,9 @@ class ContinuousFlow(FlowTransform):
             raise ValueError(f"trace must be 'exact' or 'hutchinson', got {trace!r}")
         if noise not in ("gaussian", "rademacher"):
             raise ValueError(f"noise must be 'gaussian' or 'rademacher', got {noise!r}")
-        if method in _ADAPTIVE:
+        if method not in (*ADAPTIVE_SOLVERS, *FIXED_STEP_SOLVERS):
+            raise ValueError(f"method must be one of {ADAPTIVE_SOLVERS + FIXED_STEP_SOLVERS}, got {method!r}")
+        if method in ADAPTIVE_SOLVERS:
             check_tolerances(rtol, atol)
         self.dynamics = _Dynamics(velocity or ConcatSquashMLP(input_dim, hidden_dims, context_dim), trace, regularize)
         self.noise, self.method, self.rtol, self.atol = noise, method, rtol, atol
@@ -138,7 +141,7 @@ class ContinuousFlow(FlowTransform):
         state = (value, zeros) + ((zeros, zeros) if dyn.regularize else ())
         times = torch.tensor([t0, t1], dtype=value.dtype, device=value.device)
         options = {"step_size": self.step_size} if self.step_size is not None else {}
-        if dyn.regularize and self.method in _ADAPTIVE:
+        if dyn.regularize and self.method in ADAPTIVE_SOLVERS:
             options["norm"] = _state_norm  # penalties need no accuracy: they must not shrink the steps
         dyn.nfe = 0
         if self.adjoint:
