@@ -24,7 +24,7 @@ from common import alternated_ms_per_step, save, table
 
 import pyroflows
 from pyroflows.datasets import toy_2d
-from pyroflows.images.multiscale import resflow_image
+from pyroflows.images.factories import resflow_image
 from pyroflows.transforms import LogDetEstimator, Residual
 
 

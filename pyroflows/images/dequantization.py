@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pyroflows.images.multiscale import _normal_log_prob
+from pyroflows.images.multiscale import diagonal_normal_log_prob
 from pyroflows.nn.convnets import ConvResNet
 from pyroflows.transforms.image import ImageCoupling
 
@@ -88,7 +88,7 @@ class VariationalDequantization(nn.Module):
         """Return ``v`` in ``(0, 1)`` and ``log q(v | x)`` for pixels ``x`` (floats) and noise ``eps``."""
         features = self.features(x / (self.num_levels - 1) - 0.5)
         h = noise
-        log_q = _normal_log_prob(noise, torch.zeros(()), torch.zeros(()))
+        log_q = diagonal_normal_log_prob(noise, torch.zeros(()), torch.zeros(()))
         for step in self.steps:
             h, log_det = step.forward_and_log_det(h, features, validate=False)
             log_q = log_q - log_det
