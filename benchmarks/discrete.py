@@ -54,7 +54,7 @@ from pyroflows.discrete import (
     ngram_distance,
     train,
 )
-from pyroflows.discrete.model import DETERMINISTIC_ORDERS, ORDERS
+from pyroflows.discrete.sampling import DETERMINISTIC_ORDERS, ORDERS
 from pyroflows.nn.tokens import ConvNet8, SequenceTransformer
 
 LENGTH, VOCAB = 32, 20
