@@ -16,46 +16,18 @@ from pyro import poutine
 from pyro.infer import ELBO, Trace_ELBO
 from tqdm.auto import tqdm
 
-from pyroflows.training import NonFiniteLossError
+from pyroflows.training import (
+    EarlyStopping,
+    IterateAverage,
+    NonFiniteLossError,
+    check_positive,
+    clip_gradients,
+    warmup_cosine,
+)
+
+learning_rate_factor = warmup_cosine  # the schedule's earlier name
 
 __all__ = ["NonFiniteLossError", "fit"]
-
-
-def learning_rate_factor(step: int, num_steps: int, warmup: float, final_lr: float) -> float:
-    """Linear warm-up over the first ``warmup`` fraction of steps, then cosine
-    decay from 1 to ``final_lr`` (a fraction of the initial rate)."""
-    warm = max(1, int(warmup * num_steps))
-    if step < warm:
-        return (step + 1) / warm
-    progress = (step - warm) / max(1, num_steps - warm)
-    return final_lr + (1 - final_lr) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-
-
-def _check_positive(name: str, value, kind=numbers.Real, optional: bool = False) -> None:
-    if optional and value is None:
-        return
-    if not isinstance(value, kind) or isinstance(value, bool) or not 0 < value < math.inf:
-        what = "a positive integer" if kind is numbers.Integral else "a positive, finite number"
-        raise ValueError(f"{name} must be {what}{' or None' if optional else ''}, got {value!r}")
-
-
-class _Stopper:
-    """Stops when the mean loss over a window of ``patience // 5`` steps has
-    not improved on its best by ``rel_tol`` (relative) for ``patience`` steps."""
-
-    def __init__(self, patience: int, rel_tol: float = 1e-3) -> None:
-        self.patience, self.rel_tol = patience, rel_tol
-        self.window = max(10, patience // 5)
-        self.best, self.best_step = math.inf, 0
-
-    def __call__(self, losses: list[float]) -> bool:
-        step = len(losses)
-        if step % self.window:
-            return False
-        mean = float(np.mean(losses[-self.window :]))
-        if mean < self.best - self.rel_tol * abs(self.best if math.isfinite(self.best) else mean):
-            self.best, self.best_step = mean, step
-        return step - self.best_step >= self.patience
 
 
 def _loss_is_non_finite(elbo: ELBO, model, guide, args, kwargs) -> bool:
@@ -96,6 +68,21 @@ def _message(step: int, what: str, detail) -> str:
         f"non-finite {what} at step {step} ({str(detail).splitlines()[0][:200]}); parameters restored to the "
         "last step with a finite loss. Try a smaller lr, a tighter clip_norm, or check the model for invalid values."
     )
+
+
+def _check_options(num_steps, lr, num_particles, clip_norm, early_stopping, max_seconds, warmup, average, final_lr):
+    check_positive("num_steps", num_steps, numbers.Integral)
+    check_positive("lr", lr)
+    check_positive("num_particles", num_particles, numbers.Integral)
+    check_positive("clip_norm", clip_norm, optional=True)
+    check_positive("early_stopping", early_stopping, numbers.Integral, optional=True)
+    check_positive("max_seconds", max_seconds, optional=True)
+    if not 0 <= warmup < 1:
+        raise ValueError(f"warmup must be a fraction in [0, 1), got {warmup!r}")
+    if not 0 <= average < 1:
+        raise ValueError(f"average must be a fraction in [0, 1), got {average!r}")
+    if not 0 < final_lr <= 1:
+        raise ValueError(f"final_lr must be a fraction in (0, 1], got {final_lr!r}")
 
 
 def fit(
@@ -142,85 +129,80 @@ def fit(
         >>> len(losses)
         300
     """
-    _check_positive("num_steps", num_steps, numbers.Integral)
-    _check_positive("lr", lr)
-    _check_positive("num_particles", num_particles, numbers.Integral)
-    _check_positive("clip_norm", clip_norm, optional=True)
-    _check_positive("early_stopping", early_stopping, numbers.Integral, optional=True)
-    _check_positive("max_seconds", max_seconds, optional=True)
-    if not 0 <= warmup < 1:
-        raise ValueError(f"warmup must be a fraction in [0, 1), got {warmup!r}")
-    if not 0 <= average < 1:
-        raise ValueError(f"average must be a fraction in [0, 1), got {average!r}")
-    if not 0 < final_lr <= 1:
-        raise ValueError(f"final_lr must be a fraction in (0, 1], got {final_lr!r}")
+    _check_options(num_steps, lr, num_particles, clip_norm, early_stopping, max_seconds, warmup, average, final_lr)
     if seed is not None:
         pyro.set_rng_seed(seed)
     elbo = loss or Trace_ELBO(
         num_particles=num_particles, vectorize_particles=vectorize_particles and num_particles > 1
     )
-    optimizer: torch.optim.Optimizer | None = None
-    params: list[torch.Tensor] = []
-    good: list[torch.Tensor] = []
+    state = _State()
     losses: list[float] = []
-    stopper = _Stopper(early_stopping) if early_stopping else None
-    average_from = num_steps - int(average * num_steps) if average else num_steps
-    averaged: list[torch.Tensor] | None = None
-    count = 0
+    stopper = EarlyStopping(early_stopping) if early_stopping else None
+    average_ = IterateAverage(num_steps - int(average * num_steps) if average else num_steps)
     start = time.perf_counter()
     # progress only on a terminal (a log file would get every redraw)
     bar = tqdm(range(num_steps), disable=None if progress else True, desc="fit", leave=False)
     with _quiet_plate_nesting_guess():
         for step in bar:
-            try:
-                with poutine.trace(param_only=True) as capture:
-                    value = elbo.loss_and_grads(model, guide, *args, **kwargs)
-            except (ValueError, RuntimeError) as err:
-                if _loss_is_non_finite(elbo, model, guide, args, kwargs):  # e.g. Pyro's validation caught a NaN
-                    _restore(params, good)
-                    raise NonFiniteLossError(_message(step, "loss", err)) from err
-                if step or loss is not None or not getattr(elbo, "vectorize_particles", False):
-                    raise
-                elbo = Trace_ELBO(num_particles=num_particles, vectorize_particles=False)
-                with poutine.trace(param_only=True) as capture:
-                    value = elbo.loss_and_grads(model, guide, *args, **kwargs)  # fails alike: its error is the real one
-                warnings.warn(f"vectorised particles failed ({err}); using sequential particles", stacklevel=2)
-            current = [site["value"].unconstrained() for site in capture.trace.nodes.values()]
-            if optimizer is None or len(current) != len(params):
-                params = current
-                optimizer = torch.optim.Adam(params, lr=lr, foreach=True)
-                good = [p.detach().clone() for p in params]
-                averaged = None
-            grads = [p.grad for p in params if p.grad is not None]
-            # one global norm serves the finiteness check and the clipping (a single sync per step)
-            norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads))).item() if grads else 0.0
-            finite = math.isfinite(value) and math.isfinite(norm)
-            if not finite:
-                _restore(params, good)
+            value, elbo, current = _loss_and_grads(elbo, model, guide, args, kwargs, step, state, loss is None)
+            optimizer = state.track(current, lr, average_)
+            norm = clip_gradients([p.grad for p in state.params if p.grad is not None], clip_norm)
+            if not (math.isfinite(value) and math.isfinite(norm)):
+                _restore(state.params, state.good)
                 raise NonFiniteLossError(_message(step, "loss" if not math.isfinite(value) else "gradient", value))
             with torch.no_grad():
-                torch._foreach_copy_(good, [p.data for p in params])
-            if clip_norm is not None and norm > clip_norm:
-                torch._foreach_mul_(grads, clip_norm / (norm + 1e-6))
+                torch._foreach_copy_(state.good, [p.data for p in state.params])
             for group in optimizer.param_groups:
-                group["lr"] = lr * learning_rate_factor(step, num_steps, warmup, final_lr)
+                group["lr"] = lr * warmup_cosine(step, num_steps, warmup, final_lr)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-            if step >= average_from:
-                count = 1 if averaged is None else count + 1
-                with torch.no_grad():
-                    if averaged is None:
-                        averaged = [p.detach().clone() for p in params]
-                    else:
-                        torch._foreach_lerp_(averaged, [p.detach() for p in params], 1.0 / count)
+            average_.update(step, state.params)
             losses.append(value)
             if progress and step % 25 == 0:
                 bar.set_postfix(loss=f"{np.mean(losses[-25:]):.4g}")
-            if stopper is not None and stopper(losses):
-                break
-            if max_seconds is not None and time.perf_counter() - start > max_seconds:
+            if (stopper is not None and stopper(losses)) or (
+                max_seconds is not None and time.perf_counter() - start > max_seconds
+            ):
                 break
     bar.close()
-    if averaged is not None:
-        _restore(params, averaged)
+    if average_.mean is not None:
+        _restore(state.params, average_.mean)
     return np.asarray(losses)
+
+
+class _State:
+    """The parameters being trained, their optimiser and last good values."""
+
+    def __init__(self) -> None:
+        self.params: list[torch.Tensor] = []
+        self.good: list[torch.Tensor] = []
+        self.optimizer: torch.optim.Optimizer | None = None
+
+    def track(self, current: list[torch.Tensor], lr: float, average: IterateAverage) -> torch.optim.Optimizer:
+        """The optimiser, rebuilt (and the average reset) when the parameter list changes."""
+        if self.optimizer is None or len(current) != len(self.params):
+            self.params = current
+            self.optimizer = torch.optim.Adam(current, lr=lr, foreach=True)
+            self.good = [p.detach().clone() for p in current]
+            average.reset()
+        return self.optimizer
+
+
+def _loss_and_grads(elbo, model, guide, args, kwargs, step: int, state: _State, may_fall_back: bool):
+    """One loss and backward; the parameters it touched. A NaN or infinite
+    loss raises (parameters restored); at step 0 a vectorisation failure falls
+    back to sequential particles (warned only once they work)."""
+    try:
+        with poutine.trace(param_only=True) as capture:
+            value = elbo.loss_and_grads(model, guide, *args, **kwargs)
+    except (ValueError, RuntimeError) as err:
+        if _loss_is_non_finite(elbo, model, guide, args, kwargs):  # e.g. Pyro's validation caught a NaN
+            _restore(state.params, state.good)
+            raise NonFiniteLossError(_message(step, "loss", err)) from err
+        if step or not may_fall_back or not getattr(elbo, "vectorize_particles", False):
+            raise
+        elbo = Trace_ELBO(num_particles=elbo.num_particles, vectorize_particles=False)
+        with poutine.trace(param_only=True) as capture:
+            value = elbo.loss_and_grads(model, guide, *args, **kwargs)  # fails alike: its error is the real one
+        warnings.warn(f"vectorised particles failed ({err}); using sequential particles", stacklevel=3)
+    return value, elbo, [site["value"].unconstrained() for site in capture.trace.nodes.values()]
