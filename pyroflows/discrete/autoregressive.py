@@ -55,10 +55,11 @@ class AutoregressiveModel(nn.Module):
         self.validate_data(x)
         return self._log_probs(x).sum(-1)
 
-    def loss(self, x: torch.Tensor, kind: str = "nll") -> torch.Tensor:
+    def loss(self, x: torch.Tensor, kind: str = "nll", *, validate: bool = True) -> torch.Tensor:
         if kind != "nll":
             raise ValueError(f"an autoregressive model trains on kind='nll', got {kind!r}")
-        self.validate_data(x)
+        if validate:
+            self.validate_data(x)
         return self._loss(x, kind)
 
     def _loss(self, x: torch.Tensor, kind: str = "nll") -> torch.Tensor:

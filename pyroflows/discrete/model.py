@@ -134,11 +134,13 @@ class DiscreteFlowMatcher(Sampler, nn.Module):
         moved = (x_t != x_1).to(log_p.dtype)
         return self.path.jump_rate(t)[:, None] * (1 - p_stay - moved * (1 + log_p_data))
 
-    def loss(self, x_1: torch.Tensor, kind: str = "ce") -> torch.Tensor:
-        """The training loss on a batch of sequences: mean over batch and positions."""
+    def loss(self, x_1: torch.Tensor, kind: str = "ce", *, validate: bool = True) -> torch.Tensor:
+        """The training loss on a batch of sequences: mean over batch and positions
+        (``validate=False`` skips the token checks, for a loop that checked its data once)."""
         if kind not in LOSSES:
             raise ValueError(f"kind must be one of {LOSSES}, got {kind!r}")
-        self.validate_data(x_1)
+        if validate:
+            self.validate_data(x_1)
         return self._loss(x_1, kind)
 
     def _loss(self, x_1: torch.Tensor, kind: str) -> torch.Tensor:

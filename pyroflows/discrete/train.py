@@ -60,7 +60,7 @@ def train(
             for group, base in zip(opt.param_groups, base_rates, strict=True):
                 group["lr"] = base * 0.5 * (1 + math.cos(math.pi * min(done, 1.0)))
         idx = torch.randint(len(data), (min(batch_size, len(data)),), generator=gen).to(data.device)
-        objective = model._loss(data[idx], loss)
+        objective = model.loss(data[idx], loss, validate=False)
         value = objective.item()
         if not math.isfinite(value):
             raise NonFiniteLossError(f"loss is {value} at step {step}: lower lr or check the data")

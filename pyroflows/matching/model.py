@@ -139,13 +139,17 @@ class FlowMatcher(nn.Module):
         context: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
         t: torch.Tensor | None = None,
+        *,
+        validate: bool = True,
     ) -> torch.Tensor:
         """Mean (over the batch) squared error between ``v(x_t, t)`` and the conditional velocity.
 
         ``x_0`` given: pairs are used as given (reflow); otherwise noise is drawn
         and re-paired by the coupling (``labels`` for label-aware couplings).
-        ``t`` defaults to uniform draws; pass zeros to distil a one-step model."""
-        self.validate_data(x_1, x_0, context)
+        ``t`` defaults to uniform draws; pass zeros to distil a one-step model.
+        ``validate=False`` skips the input checks (a loop that checked its data once)."""
+        if validate:
+            self.validate_data(x_1, x_0, context)
         return self._loss(x_1, x_0, context, labels, t)
 
     def validate_data(self, x_1: torch.Tensor, x_0: torch.Tensor | None = None, context=None) -> None:
