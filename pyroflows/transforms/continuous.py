@@ -30,14 +30,10 @@ class _Dynamics(nn.Module):
     def __init__(self, velocity: nn.Module, trace: str, regularize: bool) -> None:
         super().__init__()
         self.velocity, self.trace, self.regularize = velocity, trace, regularize
-        self.context: torch.Tensor | None = None
-        self.noise: torch.Tensor | None = None
-        self.nfe = 0
 
-    def forward(self, t, state):
+    def forward(self, t, state, context: torch.Tensor | None, noise: torch.Tensor):
         x = state[0]
-        self.nfe += 1
-        linear = self.velocity.linearize(t, x, self.context) if hasattr(self.velocity, "linearize") else None
+        linear = self.velocity.linearize(t, x, context) if hasattr(self.velocity, "linearize") else None
         if linear is not None:  # traces by matrix products: first-order autograd only
             f, jacobian = linear
             if self.trace == "exact":
@@ -45,26 +41,39 @@ class _Dynamics(nn.Module):
                 div = jac.diagonal(dim1=-2, dim2=-1).sum(-1)
                 frob = jac.pow(2).sum((-2, -1))
             else:
-                vjp = jacobian.vjp(self.noise)
-                div = (vjp * self.noise).sum(-1)
+                vjp = jacobian.vjp(noise)
+                div = (vjp * noise).sum(-1)
                 frob = vjp.pow(2).sum(-1)
             return self._augment(f, div, frob)
         with torch.enable_grad():
             x = x if x.requires_grad else x.detach().requires_grad_(True)
-            f = self.velocity(t, x, self.context)
+            f = self.velocity(t, x, context)
             if self.trace == "exact":
                 rows = [torch.autograd.grad(f[..., i].sum(), x, create_graph=True)[0] for i in range(x.shape[-1])]
                 jac = torch.stack(rows, -2)
                 div = jac.diagonal(dim1=-2, dim2=-1).sum(-1)
                 frob = jac.pow(2).sum((-2, -1))
             else:
-                (vjp,) = torch.autograd.grad(f, x, self.noise, create_graph=True)
-                div = (vjp * self.noise).sum(-1)
+                (vjp,) = torch.autograd.grad(f, x, noise, create_graph=True)
+                div = (vjp * noise).sum(-1)
                 frob = vjp.pow(2).sum(-1)
         return self._augment(f, div, frob)
 
     def _augment(self, f, div, frob) -> tuple[torch.Tensor, ...]:
         return (f, div, f.pow(2).sum(-1), frob) if self.regularize else (f, div)
+
+
+class _Solve(nn.Module):
+    """The dynamics bound to one solve's context and probe noise (passed in,
+    never stashed on the shared module), counting its evaluations."""
+
+    def __init__(self, dynamics: _Dynamics, context: torch.Tensor | None, noise: torch.Tensor) -> None:
+        super().__init__()
+        self.dynamics, self.context, self.noise, self.nfe = dynamics, context, noise, 0
+
+    def forward(self, t, state):
+        self.nfe += 1
+        return self.dynamics(t, state, self.context, self.noise)
 
 
 class ContinuousFlow(FlowTransform):
@@ -134,20 +143,18 @@ class ContinuousFlow(FlowTransform):
         if context is not None:
             batch = torch.broadcast_shapes(value.shape[:-1], context.shape[:-1])
             value = value.expand(*batch, value.shape[-1])
-        dyn.context = context
         probe = torch.randn_like(value)
-        dyn.noise = probe.sign() if self.noise == "rademacher" else probe
+        solve = _Solve(dyn, context, probe.sign() if self.noise == "rademacher" else probe)
         zeros = value.new_zeros(value.shape[:-1])
         state = (value, zeros) + ((zeros, zeros) if dyn.regularize else ())
         times = torch.tensor([t0, t1], dtype=value.dtype, device=value.device)
         options = {"step_size": self.step_size} if self.step_size is not None else {}
         if dyn.regularize and self.method in ADAPTIVE_SOLVERS:
             options["norm"] = _state_norm  # penalties need no accuracy: they must not shrink the steps
-        dyn.nfe = 0
         if self.adjoint:
             params = tuple(p for p in dyn.parameters() if p.requires_grad)
             out = odeint_adjoint(
-                dyn,
+                solve,
                 state,
                 times,
                 rtol=self.rtol,
@@ -157,8 +164,8 @@ class ContinuousFlow(FlowTransform):
                 adjoint_params=params,
             )
         else:
-            out = odeint(dyn, state, times, rtol=self.rtol, atol=self.atol, method=self.method, options=options)
-        self.last_nfe = dyn.nfe
+            out = odeint(solve, state, times, rtol=self.rtol, atol=self.atol, method=self.method, options=options)
+        self.last_nfe = solve.nfe
         final = [o[-1] for o in out]
         if dyn.regularize:
             self.last_regularization = {"kinetic": final[2].abs(), "jacobian_frobenius": final[3].abs()}
