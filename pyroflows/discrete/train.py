@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import math
+import numbers
 import time
 
 import torch
 from tqdm.auto import tqdm
 
 from pyroflows.nn.ema import WeightAverage
-from pyroflows.training import NonFiniteLossError
+from pyroflows.training import NonFiniteLossError, check_positive
 
 __all__ = ["train"]
 
@@ -39,10 +40,8 @@ def train(
     of the step fraction and the fraction of ``max_seconds`` spent. Raises
     :class:`~pyroflows.training.NonFiniteLossError` on a NaN/Inf loss.
     Returns the losses."""
-    if not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps must be a positive int, got {steps!r}")
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    check_positive("steps", steps, numbers.Integral)
+    check_positive("batch_size", batch_size, numbers.Integral)
     model.validate_data(data)
     model.loss(data[:1], loss)  # checks the loss name once
     average = None if ema is None else WeightAverage([p for p in model.parameters() if p.requires_grad], ema)

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
 from tqdm.auto import tqdm
 
 from pyroflows.matching.model import FlowMatcher
 from pyroflows.nn.ema import WeightAverage
-from pyroflows.training import NonFiniteLossError
+from pyroflows.training import NonFiniteLossError, check_positive
 
 __all__ = ["distill", "reflow", "reflow_pairs", "straightness", "train"]
 
@@ -53,10 +54,8 @@ def train(
     weights. Raises
     :class:`~pyroflows.training.NonFiniteLossError` on a NaN/Inf loss.
     Returns the losses."""
-    if not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps must be a positive int, got {steps!r}")
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    check_positive("steps", steps, numbers.Integral)
+    check_positive("batch_size", batch_size, numbers.Integral)
     n = len(x_1)
     for name, value in (("x_0", x_0), ("context", context), ("labels", labels)):
         _check_rows(name, value, n)
