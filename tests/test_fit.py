@@ -12,11 +12,6 @@ from pyroflows.infer import NonFiniteLossError, fit
 from pyroflows.infer.fit import learning_rate_factor
 
 
-@pytest.fixture(autouse=True)
-def clean_param_store():
-    pyro.clear_param_store()
-
-
 def normal_model(data):
     loc = pyro.sample("loc", dist.Normal(0.0, 10.0))
     with pyro.plate("data", len(data)):

@@ -13,16 +13,7 @@ from pyro.infer.autoguide import AutoNormal
 
 from pyroflows.infer import AutoFlow, NonFiniteLossError, fit
 
-
-@pytest.fixture(autouse=True)
-def clean_param_store():
-    pyro.clear_param_store()
-
-
-def normal_model(data):
-    loc = pyro.sample("loc", dist.Normal(0.0, 10.0))
-    with pyro.plate("data", len(data)):
-        pyro.sample("obs", dist.Normal(loc, 1.0), obs=data)
+from .test_fit import normal_model  # the root conftest empties the param store before each test
 
 
 @pytest.mark.parametrize(
