@@ -104,15 +104,18 @@ class MemberFlow(nn.Module):
         that replaces the free location and scale: ``l = mean + R^{-T} v``.
         Returns locals of ``eps``'s shape and log|det| of its batch shape.
         """
-        params = (self.loc, self.log_scale, self.embedding)
-        if index is not None:
-            params = tuple(p[index] for p in params)
-        loc, log_scale, embedding = (p.reshape(p.shape[:1] + (1,) * (-plate_dim - 1) + p.shape[1:]) for p in params)
+
+        def rows(param: torch.Tensor) -> torch.Tensor:  # the members' rows, member dim at plate_dim
+            param = param if index is None else param[index]
+            return param.reshape(param.shape[:1] + (1,) * (-plate_dim - 1) + param.shape[1:])
+
+        embedding = rows(self.embedding)
         batch = torch.broadcast_shapes(eps.shape[:-1], whitened.shape[:-1], embedding.shape[:-1])
         parts = (whitened.expand(batch + whitened.shape[-1:]), embedding.expand(batch + embedding.shape[-1:]))
         v, log_det = self._standard(eps.expand(batch + eps.shape[-1:]), torch.cat(parts, -1))
-        if gaussian is None:
-            return loc + log_scale.exp() * v, log_det + log_scale.sum(-1)
+        if gaussian is None:  # the free location and scale (unused, so not gathered, with a Gaussian)
+            log_scale = rows(self.log_scale)
+            return rows(self.loc) + log_scale.exp() * v, log_det + log_scale.sum(-1)
         mean, chol = gaussian
         v = solve_lower_transpose(chol, v)
         return mean + v, log_det - chol.diagonal(dim1=-2, dim2=-1).log().sum(-1)
