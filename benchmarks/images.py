@@ -24,7 +24,8 @@ from common import RESULTS, save, table
 
 from pyroflows.images import ImageFlow, glow, realnvp_image
 from pyroflows.images.data import load_digits_images
-from pyroflows.images.train import lr_factor, save_image_grid
+from pyroflows.images.train import save_image_grid
+from pyroflows.training import warmup_polynomial
 from pyroflows.transforms import Logit
 
 SHAPE, LEVELS, ALPHA = (1, 8, 8), 17, 0.05
@@ -84,7 +85,7 @@ def run(name, args, seed, train, test):
     spe = len(train) // args.batch_size
     total = args.epochs * spe
     opt = torch.optim.Adam(model.parameters(), lr=args.lr)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, total, args.warmup))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_polynomial(s, total, args.warmup))
     order = lambda epoch: torch.randperm(len(train), generator=torch.Generator().manual_seed(seed * 7919 + epoch))  # noqa: E731
     with torch.no_grad():  # data-dependent init on the first batch
         model(train[order(0)[: args.batch_size]].float(), noise_for(model, args.batch_size, torch.Generator()))

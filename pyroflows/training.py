@@ -1,7 +1,8 @@
-"""Pieces every training loop shares (the VI fit, flow matching, discrete
-flow matching, image training): the error a non-finite loss raises, the
-learning-rate schedule, early stopping, iterate averaging and gradient
-clipping with a finiteness check.
+"""The one training engine every family uses (the VI fit, flow matching,
+discrete flow matching, image training): :class:`Trainer` owns the loop's
+shared pieces (non-finite detection, gradient clipping, the learning-rate
+schedule, weight averaging, early stopping, ``max_seconds``, progress) and
+each family keeps only its loss and its batches.
 
 This module sits below every family so that each loop can import it
 without importing another family.
@@ -11,11 +12,24 @@ from __future__ import annotations
 
 import math
 import numbers
+import time
+from collections.abc import Callable
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
-__all__ = ["EarlyStopping", "IterateAverage", "NonFiniteLossError", "check_positive", "clip_gradients", "warmup_cosine"]
+__all__ = [
+    "EarlyStopping",
+    "ExponentialAverage",
+    "IterateAverage",
+    "NonFiniteLossError",
+    "Trainer",
+    "check_positive",
+    "clip_gradients",
+    "warmup_cosine",
+    "warmup_polynomial",
+]
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -39,6 +53,15 @@ def warmup_cosine(step: int, num_steps: int, warmup: float, final_lr: float) -> 
         return (step + 1) / warm
     progress = (step - warm) / max(1, num_steps - warm)
     return final_lr + (1 - final_lr) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def warmup_polynomial(step: int, num_steps: int, warmup_steps: int, power: float = 1.0) -> float:
+    """Linear warm-up over ``warmup_steps``, then polynomial decay
+    ``(1 - progress) ** power`` to zero at ``num_steps``."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    progress = (step - warmup_steps) / max(1, num_steps - warmup_steps)
+    return max(0.0, 1.0 - progress) ** power
 
 
 class EarlyStopping:
@@ -66,6 +89,10 @@ class IterateAverage:
     def __init__(self, start: int) -> None:
         self.start, self.count, self.mean = start, 0, None
 
+    def begin(self, params: list[torch.Tensor]) -> None:
+        """Forget the average (a new or changed parameter list)."""
+        self.count, self.mean = 0, None
+
     @torch.no_grad()
     def update(self, step: int, params: list[torch.Tensor]) -> None:
         if step < self.start:
@@ -76,9 +103,42 @@ class IterateAverage:
         else:
             torch._foreach_lerp_(self.mean, [p.detach() for p in params], 1.0 / self.count)
 
-    def reset(self) -> None:
-        """Forget the average (the parameter list changed)."""
-        self.count, self.mean = 0, None
+    def average(self) -> list[torch.Tensor] | None:
+        return self.mean
+
+
+class ExponentialAverage:
+    """Exponential moving average of the parameters, starting from their
+    values at :meth:`begin`; the decay is warmed up as
+    ``min(decay, (1 + n) / (10 + n))`` after ``n`` updates, so short runs are
+    not pulled back to the initial weights.
+
+    Example:
+        >>> w = torch.nn.Parameter(torch.zeros(()))
+        >>> average = ExponentialAverage(decay=0.5)
+        >>> average.begin([w])
+        >>> with torch.no_grad():
+        ...     _ = w.fill_(1.0)
+        >>> average.update(0, [w]); round(average.average()[0].item(), 3)
+        0.818
+    """
+
+    def __init__(self, decay: float) -> None:
+        if not 0.0 <= decay < 1.0:
+            raise ValueError(f"ema must be in [0, 1) or None, got {decay!r}")
+        self.decay, self.updates, self.shadow = decay, 0, None
+
+    def begin(self, params: list[torch.Tensor]) -> None:
+        self.updates, self.shadow = 0, [p.detach().clone() for p in params]
+
+    @torch.no_grad()
+    def update(self, step: int, params: list[torch.Tensor]) -> None:
+        self.updates += 1
+        rate = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        torch._foreach_lerp_(self.shadow, [p.detach() for p in params], 1 - rate)
+
+    def average(self) -> list[torch.Tensor] | None:
+        return self.shadow
 
 
 def clip_gradients(grads: list[torch.Tensor], clip_norm: float | None) -> float:
@@ -90,3 +150,130 @@ def clip_gradients(grads: list[torch.Tensor], clip_norm: float | None) -> float:
     if clip_norm is not None and math.isfinite(norm) and norm > clip_norm:
         torch._foreach_mul_(grads, clip_norm / (norm + 1e-6))
     return norm
+
+
+def _params(optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
+    return [p for group in optimizer.param_groups for p in group["params"]]
+
+
+class Trainer:
+    """The training loop's shared half: the caller computes each step's loss
+    (its batches, its model) and hands it to :meth:`step`, which does the rest.
+
+    ``schedule(step, done)`` multiplies each group's initial learning rate
+    (``done``: the larger of the fraction of steps and of ``max_seconds``
+    spent); ``clip_norm`` clips the global gradient norm; ``average`` (an
+    :class:`IterateAverage` or :class:`ExponentialAverage`) is what the
+    parameters hold after :meth:`close`; ``early_stopping`` (patience in steps)
+    and ``max_seconds`` end the run early. A NaN or infinite loss or gradient
+    raises :class:`NonFiniteLossError` naming ``loss_name``, the step and ``advice``; with
+    ``restore`` the parameters are first put back to those that gave the last
+    finite loss.
+
+    Example:
+        >>> w = torch.nn.Parameter(torch.tensor(3.0))
+        >>> trainer = Trainer(torch.optim.SGD([w], lr=0.1), steps=100, progress=False)
+        >>> while not trainer.step((w - 1) ** 2):
+        ...     pass
+        >>> losses = trainer.close(); len(losses), round(w.item(), 3)
+        (100, 1.0)
+    """
+
+    def __init__(
+        self,
+        optimizer: torch.optim.Optimizer | None,
+        steps: int,
+        *,
+        schedule: Callable[[int, float], float] | None = None,
+        clip_norm: float | None = None,
+        average: IterateAverage | ExponentialAverage | None = None,
+        early_stopping: int | None = None,
+        max_seconds: float | None = None,
+        restore: bool = False,
+        progress: bool = True,
+        desc: str | None = None,
+        start_step: int = 0,
+        advice: str = "lower lr or check the data",
+        loss_name: str = "loss",
+    ) -> None:
+        self.optimizer, self.steps, self.schedule, self.clip_norm = None, steps, schedule, clip_norm
+        self.averager, self.restore, self.advice, self.loss_name = average, restore, advice, loss_name
+        self.stopper = EarlyStopping(early_stopping) if early_stopping else None
+        self.max_seconds, self.start = max_seconds, time.perf_counter()
+        self.step_count, self.losses = start_step, []
+        self.params: list[torch.Tensor] = []
+        self.good: list[torch.Tensor] = []
+        # progress only on a terminal (None), so a log file does not get every redraw
+        self.bar = tqdm(total=steps, initial=start_step, disable=None if progress else True, desc=desc, leave=False)
+        if optimizer is not None:
+            self.use(optimizer)
+
+    def use(self, optimizer: torch.optim.Optimizer) -> None:
+        """Train with ``optimizer`` from now on (a new parameter list restarts the average)."""
+        self.optimizer, self.params = optimizer, _params(optimizer)
+        for group in optimizer.param_groups:
+            group.setdefault("initial_lr", group["lr"])
+        if self.restore:
+            self.good = [p.detach().clone() for p in self.params]
+        if self.averager is not None:
+            self.averager.begin(self.params)
+
+    def done(self) -> float:
+        """The fraction of the run spent, by steps or by ``max_seconds``."""
+        fraction = self.step_count / self.steps
+        if self.max_seconds is not None:
+            fraction = max(fraction, (time.perf_counter() - self.start) / self.max_seconds)
+        return fraction
+
+    def fail(self, what: str, error: BaseException | None = None) -> None:
+        """Restore the last good parameters (with ``restore``) and raise
+        :class:`NonFiniteLossError` saying ``what`` was not finite."""
+        restored = ""
+        if self.restore and self.params:
+            with torch.no_grad():
+                torch._foreach_copy_([p.data for p in self.params], self.good)
+            restored = "; parameters restored to the last step with a finite loss"
+        raise NonFiniteLossError(f"non-finite {what} at step {self.step_count}{restored}: {self.advice}") from error
+
+    def step(self, loss: torch.Tensor | float) -> bool:
+        """Back-propagate ``loss`` (a float: the gradients are already there),
+        clip, check, schedule and take the optimiser step; True when the run should stop."""
+        value = loss.item() if torch.is_tensor(loss) else float(loss)
+        if not math.isfinite(value):
+            self.fail(f"{self.loss_name}: {self.loss_name} is {value}")
+        if torch.is_tensor(loss):
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+        norm = clip_gradients([p.grad for p in self.params if p.grad is not None], self.clip_norm)
+        if not math.isfinite(norm):
+            self.fail(f"gradient: its norm is {norm} ({self.loss_name} {value:.6g})")
+        if self.restore:
+            with torch.no_grad():
+                torch._foreach_copy_(self.good, [p.data for p in self.params])
+        if self.schedule is not None:
+            factor = self.schedule(self.step_count, self.done())
+            for group in self.optimizer.param_groups:
+                group["lr"] = group["initial_lr"] * factor
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.averager is not None:
+            self.averager.update(self.step_count, self.params)
+        self.losses.append(value)
+        self.step_count += 1
+        self.bar.update()
+        if self.step_count % 25 == 0:
+            self.bar.set_postfix(loss=f"{np.mean(self.losses[-25:]):.4g}", refresh=False)
+        return (
+            self.step_count >= self.steps
+            or (self.stopper is not None and self.stopper(self.losses))
+            or (self.max_seconds is not None and time.perf_counter() - self.start > self.max_seconds)
+        )
+
+    def close(self) -> list[float]:
+        """Put the average into the parameters (if any), close the bar; the losses."""
+        self.bar.close()
+        average = None if self.averager is None else self.averager.average()
+        if average is not None:
+            with torch.no_grad():
+                torch._foreach_copy_([p.data for p in self.params], average)
+        return self.losses

@@ -9,7 +9,7 @@ import torch
 from pyro.infer.autoguide import AutoNormal
 
 from pyroflows.infer import NonFiniteLossError, fit
-from pyroflows.infer.fit import learning_rate_factor
+from pyroflows.training import warmup_cosine
 
 
 def normal_model(data):
@@ -98,9 +98,9 @@ def test_early_stopping_and_time_limit():
 
 
 def test_learning_rate_schedule():
-    assert learning_rate_factor(0, 100, 0.1, 0.05) == pytest.approx(0.1)
-    assert learning_rate_factor(9, 100, 0.1, 0.05) == pytest.approx(1.0)
-    assert learning_rate_factor(99, 100, 0.1, 0.05) == pytest.approx(0.05, abs=1e-3)
+    assert warmup_cosine(0, 100, 0.1, 0.05) == pytest.approx(0.1)
+    assert warmup_cosine(9, 100, 0.1, 0.05) == pytest.approx(1.0)
+    assert warmup_cosine(99, 100, 0.1, 0.05) == pytest.approx(0.05, abs=1e-3)
 
 
 @pytest.mark.parametrize(

@@ -16,8 +16,8 @@ import torch
 
 from pyroflows.images import ImageFlow, VariationalDequantization, glow, realnvp_image, resflow_image
 from pyroflows.images.data import load_cifar10, load_digits_images, load_mnist
-from pyroflows.images.train import lr_factor, save_image_grid, train
-from pyroflows.training import NonFiniteLossError
+from pyroflows.images.train import save_image_grid, train
+from pyroflows.training import NonFiniteLossError, warmup_polynomial
 from pyroflows.transforms import GlowStep, ImageCoupling, LogDetEstimator, Logit, Unsqueeze
 
 from .ddp_worker import one_step_gradients, tiny_data, tiny_model
@@ -172,11 +172,11 @@ def test_image_flow_rejects_bad_pixels():
         ImageFlow(glow((1, 4, 4), 1, 1, 4), num_levels=5, dequantization="gaussian")
 
 
-def test_lr_factor_warms_up_then_decays_to_zero():
-    assert lr_factor(0, 100, 10) == pytest.approx(0.1)
-    assert lr_factor(9, 100, 10) == pytest.approx(1.0)
-    assert lr_factor(55, 100, 10) == pytest.approx(0.5)
-    assert lr_factor(100, 100, 10, power=2.0) == 0.0
+def test_polynomial_schedule_warms_up_then_decays_to_zero():
+    assert warmup_polynomial(0, 100, 10) == pytest.approx(0.1)
+    assert warmup_polynomial(9, 100, 10) == pytest.approx(1.0)
+    assert warmup_polynomial(55, 100, 10) == pytest.approx(0.5)
+    assert warmup_polynomial(100, 100, 10, power=2.0) == 0.0
 
 
 def _digits_model(dequantization="uniform"):

@@ -22,9 +22,9 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 from pyroflows.images.model import ImageFlow
-from pyroflows.training import NonFiniteLossError
+from pyroflows.training import Trainer, warmup_polynomial
 
-__all__ = ["ImageHistory", "lr_factor", "save_image_grid", "setup_distributed", "train"]
+__all__ = ["ImageHistory", "save_image_grid", "setup_distributed", "train"]
 
 
 @dataclass
@@ -40,15 +40,6 @@ class ImageHistory:
     layer_log_dets: list[dict] = field(default_factory=list)
     reconstruction_error: list[float] = field(default_factory=list)
     epoch_seconds: list[float] = field(default_factory=list)
-
-
-def lr_factor(step: int, total_steps: int, warmup_steps: int, power: float = 1.0) -> float:
-    """Linear warm-up over ``warmup_steps``, then polynomial decay
-    ``(1 - progress) ** power`` to zero at ``total_steps``."""
-    if step < warmup_steps:
-        return (step + 1) / warmup_steps
-    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-    return max(0.0, 1.0 - progress) ** power
 
 
 def setup_distributed() -> tuple[int, int]:
@@ -114,7 +105,7 @@ def _evaluate(model: ImageFlow, test_data, seed, batch_size, device):
     return total / len(test_data), record, error
 
 
-CHECKPOINT_KEYS = ("model", "optimizer", "schedule", "history", "epoch")
+CHECKPOINT_KEYS = ("model", "optimizer", "history", "epoch")
 
 
 def _load_checkpoint(path: Path, device) -> dict:
@@ -150,18 +141,64 @@ def train(
     """Train ``model`` by maximum likelihood (bits/dim) with Adam.
 
     The learning rate warms up linearly over ``warmup_steps`` and then decays
-    polynomially (:func:`lr_factor`); gradients are clipped to norm
-    ``clip_grad``. Every ``eval_every`` epochs it records test bits/dim,
-    per-layer log-dets and the reconstruction error, writes a grid of
+    polynomially (:func:`~pyroflows.training.warmup_polynomial`); gradients are
+    clipped to norm ``clip_grad``. Every ``eval_every`` epochs it records test
+    bits/dim, per-layer log-dets and the reconstruction error, writes a grid of
     samples at ``temperature`` to ``samples`` (a PNG path) and saves
-    ``checkpoint``; a run started with an existing ``checkpoint`` resumes from
-    it and follows the uninterrupted run exactly. ActNorm layers initialise on
-    the first batch (the same on every rank). Under ``torchrun`` each rank
-    takes its share of every batch; only rank 0 writes files. A NaN or Inf
-    loss raises :class:`~pyroflows.training.NonFiniteLossError`.
+    ``checkpoint``, from which a later run resumes exactly. ActNorm layers
+    initialise on the first batch. Under ``torchrun`` each rank takes its share
+    of every batch; only rank 0 writes files. A NaN or Inf loss raises
+    :class:`~pyroflows.training.NonFiniteLossError`.
     ``callback(epoch, history)`` runs after every epoch; returning ``True``
     stops the run there (a later call with the same ``checkpoint`` resumes it).
     """
+    rank, world = setup_distributed()
+    _check_train_options(model, train_data, test_data, epochs, batch_size, eval_every, world)
+    device, steps_per_epoch = model.flow.top.mean.device, len(train_data) // batch_size
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    history, start_epoch = _start(model, optimizer, train_data, batch_size, checkpoint, seed, device)
+    net = model if world == 1 else DistributedDataParallel(model, device_ids=_ddp_devices(device))
+    total = epochs * steps_per_epoch
+    trainer = Trainer(
+        optimizer,
+        total,
+        schedule=lambda step, done: warmup_polynomial(step, total, warmup_steps, decay_power),
+        clip_norm=clip_grad,
+        progress=progress and rank == 0,
+        start_step=start_epoch * steps_per_epoch,
+        advice="lower lr or raise warmup_steps",
+        loss_name="bits/dim",
+    )
+    end_of_epoch = _EpochEnd(test_data, samples, temperature, checkpoint, seed, rank, batch_size)
+    share = slice(rank * (batch_size // world), (rank + 1) * (batch_size // world))
+    for epoch in range(start_epoch, epochs):
+        _train_epoch(trainer, net, model, train_data, (seed, epoch, batch_size, share), history)
+        if (epoch + 1) % eval_every == 0 or epoch + 1 == epochs:
+            end_of_epoch(model, optimizer, history, epoch + 1)
+        if callback is not None and callback(epoch + 1, history):
+            break
+    trainer.close()
+    return history
+
+
+def _ddp_devices(device: torch.device) -> list | None:
+    return [device] if device.type == "cuda" else None
+
+
+def _train_epoch(trainer: Trainer, net, model: ImageFlow, data, where: tuple, history: ImageHistory) -> None:
+    """One pass over ``data`` in the epoch's order; this rank takes its ``share`` of each batch."""
+    seed, epoch, batch_size, share = where
+    began, order = time.perf_counter(), _epoch_order(len(data), seed, epoch)
+    for k in range(len(data) // batch_size):
+        index = order[k * batch_size : (k + 1) * batch_size][share]
+        noise = model.draw_noise(batch_size, _generator(seed, trainer.step_count))[share]
+        trainer.step(net(data[index].to(model.flow.top.mean.device), noise).mean())
+        history.train_bpd.append(trainer.losses[-1])
+        history.lr.append(trainer.optimizer.param_groups[0]["lr"])
+    history.epoch_seconds.append(time.perf_counter() - began)
+
+
+def _check_train_options(model, train_data, test_data, epochs, batch_size, eval_every, world) -> None:
     model.validate_data(train_data, "train_data")
     if test_data is not None:
         model.validate_data(test_data, "test_data")
@@ -170,81 +207,50 @@ def train(
             raise ValueError(f"{name} must be a positive int, got {value!r}")
     if batch_size > len(train_data):
         raise ValueError(f"batch_size {batch_size} exceeds the {len(train_data)} training images")
-    rank, world = setup_distributed()
     if batch_size % world:
         raise ValueError(f"batch_size {batch_size} must divide among {world} processes")
-    device = model.flow.top.mean.device
-    steps_per_epoch = len(train_data) // batch_size
-    total_steps = epochs * steps_per_epoch
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: lr_factor(s, total_steps, warmup_steps, decay_power)
-    )
-    history, start_epoch = ImageHistory(), 0
-    path = Path(checkpoint) if checkpoint is not None else None
-    if path is not None and path.exists():
-        state = _load_checkpoint(path, device)
+
+
+def _start(model, optimizer, train_data, batch_size, checkpoint, seed, device) -> tuple[ImageHistory, int]:
+    """Resume from ``checkpoint`` if it exists, else initialise ActNorm on the first batch (the same on every rank)."""
+    if checkpoint is not None and Path(checkpoint).exists():
+        state = _load_checkpoint(Path(checkpoint), device)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
-        schedule.load_state_dict(state["schedule"])
-        history, start_epoch = state["history"], state["epoch"]
-    else:
-        with torch.no_grad():  # data-dependent init, identical on every rank
-            first = train_data[_epoch_order(len(train_data), seed, 0)[:batch_size]].to(device)
-            model.log_prob(first, model.draw_noise(batch_size, _generator(seed, 0)))
-    if world > 1:
-        net = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
-    else:
-        net = model
-    share = batch_size // world
-    from tqdm.auto import tqdm
+        return state["history"], state["epoch"]
+    with torch.no_grad():
+        first = train_data[_epoch_order(len(train_data), seed, 0)[:batch_size]].to(device)
+        model.log_prob(first, model.draw_noise(batch_size, _generator(seed, 0)))
+    return ImageHistory(), 0
 
-    show = None if progress and rank == 0 else True  # None: only on a terminal
-    bar = tqdm(total=total_steps, initial=start_epoch * steps_per_epoch, disable=show)
-    for epoch in range(start_epoch, epochs):
-        began = time.perf_counter()
-        order = _epoch_order(len(train_data), seed, epoch)
-        for k in range(steps_per_epoch):
-            step = epoch * steps_per_epoch + k
-            index = order[k * batch_size : (k + 1) * batch_size][rank * share : (rank + 1) * share]
-            noise = model.draw_noise(batch_size, _generator(seed, step))[rank * share : (rank + 1) * share]
-            loss = net(train_data[index].to(device), noise).mean()
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            value = loss.item()
-            if not math.isfinite(value):
-                raise NonFiniteLossError(f"bits/dim is {value} at step {step}: lower lr or raise warmup_steps")
-            if clip_grad is not None:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
-            optimizer.step()
-            schedule.step()
-            history.train_bpd.append(value)
-            history.lr.append(optimizer.param_groups[0]["lr"])
-            bar.update()
-            bar.set_postfix(bpd=f"{value:.3f}", refresh=False)
-        history.epoch_seconds.append(time.perf_counter() - began)
-        if (epoch + 1) % eval_every == 0 or epoch + 1 == epochs:
-            if test_data is not None:
-                bpd, record, error = _evaluate(model, test_data, seed, batch_size, device)
-                history.eval_epochs.append(epoch + 1)
-                history.test_bpd.append(bpd)
-                history.layer_log_dets.append(record)
-                history.reconstruction_error.append(error)
-                bar.set_postfix(bpd=f"{value:.3f}", test=f"{bpd:.3f}", refresh=False)
-            if rank == 0:
-                if samples is not None:
-                    save_image_grid(model.sample(64, temperature).cpu(), samples, model.num_levels)
-                if path is not None:
-                    state = {
-                        "model": model.state_dict(),
-                        "optimizer": optimizer.state_dict(),
-                        "schedule": schedule.state_dict(),
-                        "history": history,
-                        "epoch": epoch + 1,
-                    }
-                    torch.save(state, path.with_suffix(".tmp"))
-                    os.replace(path.with_suffix(".tmp"), path)
-        if callback is not None and callback(epoch + 1, history):
-            break
-    bar.close()
-    return history
+
+@dataclass
+class _EpochEnd:
+    """What happens after an evaluated epoch: test bits/dim and layer records; on
+    rank 0 the sample grid and the checkpoint (written atomically)."""
+
+    test_data: torch.Tensor | None
+    samples: str | Path | None
+    temperature: float
+    checkpoint: str | Path | None
+    seed: int
+    rank: int
+    batch_size: int
+
+    def __call__(self, model: ImageFlow, optimizer, history: ImageHistory, epochs_done: int) -> None:
+        if self.test_data is not None:
+            device = model.flow.top.mean.device
+            bpd, record, error = _evaluate(model, self.test_data, self.seed, self.batch_size, device)
+            history.eval_epochs.append(epochs_done)
+            history.test_bpd.append(bpd)
+            history.layer_log_dets.append(record)
+            history.reconstruction_error.append(error)
+        if self.rank != 0:
+            return
+        if self.samples is not None:
+            save_image_grid(model.sample(64, self.temperature).cpu(), self.samples, model.num_levels)
+        if self.checkpoint is not None:
+            path = Path(self.checkpoint)
+            state = {"model": model.state_dict(), "optimizer": optimizer.state_dict()}
+            torch.save({**state, "history": history, "epoch": epochs_done}, path.with_suffix(".tmp"))
+            os.replace(path.with_suffix(".tmp"), path)

@@ -6,7 +6,6 @@ import contextlib
 import logging
 import math
 import numbers
-import time
 import warnings
 
 import numpy as np
@@ -14,18 +13,8 @@ import pyro
 import torch
 from pyro import poutine
 from pyro.infer import ELBO, Trace_ELBO
-from tqdm.auto import tqdm
 
-from pyroflows.training import (
-    EarlyStopping,
-    IterateAverage,
-    NonFiniteLossError,
-    check_positive,
-    clip_gradients,
-    warmup_cosine,
-)
-
-learning_rate_factor = warmup_cosine  # the schedule's earlier name
+from pyroflows.training import IterateAverage, NonFiniteLossError, Trainer, check_positive, warmup_cosine
 
 __all__ = ["NonFiniteLossError", "fit"]
 
@@ -55,19 +44,6 @@ def _quiet_plate_nesting_guess():
         yield
     finally:
         logger.removeFilter(quiet)
-
-
-def _restore(params: list[torch.Tensor], good: list[torch.Tensor]) -> None:
-    if params:
-        with torch.no_grad():
-            torch._foreach_copy_([p.data for p in params], good)
-
-
-def _message(step: int, what: str, detail) -> str:
-    return (
-        f"non-finite {what} at step {step} ({str(detail).splitlines()[0][:200]}); parameters restored to the "
-        "last step with a finite loss. Try a smaller lr, a tighter clip_norm, or check the model for invalid values."
-    )
 
 
 def _check_options(num_steps, lr, num_particles, clip_norm, early_stopping, max_seconds, warmup, average, final_lr):
@@ -135,60 +111,35 @@ def fit(
     elbo = loss or Trace_ELBO(
         num_particles=num_particles, vectorize_particles=vectorize_particles and num_particles > 1
     )
-    state = _State()
-    losses: list[float] = []
-    stopper = EarlyStopping(early_stopping) if early_stopping else None
-    average_ = IterateAverage(num_steps - int(average * num_steps) if average else num_steps)
-    start = time.perf_counter()
-    # progress only on a terminal (a log file would get every redraw)
-    bar = tqdm(range(num_steps), disable=None if progress else True, desc="fit", leave=False)
+    trainer = _trainer(num_steps, warmup, final_lr, average, clip_norm, early_stopping, max_seconds, progress)
+    stop = False
     with _quiet_plate_nesting_guess():
-        for step in bar:
-            value, elbo, current = _loss_and_grads(elbo, model, guide, args, kwargs, step, state, loss is None)
-            optimizer = state.track(current, lr, average_)
-            norm = clip_gradients([p.grad for p in state.params if p.grad is not None], clip_norm)
-            if not (math.isfinite(value) and math.isfinite(norm)):
-                _restore(state.params, state.good)
-                raise NonFiniteLossError(_message(step, "loss" if not math.isfinite(value) else "gradient", value))
-            with torch.no_grad():
-                torch._foreach_copy_(state.good, [p.data for p in state.params])
-            for group in optimizer.param_groups:
-                group["lr"] = lr * warmup_cosine(step, num_steps, warmup, final_lr)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            average_.update(step, state.params)
-            losses.append(value)
-            if progress and step % 25 == 0:
-                bar.set_postfix(loss=f"{np.mean(losses[-25:]):.4g}")
-            if (stopper is not None and stopper(losses)) or (
-                max_seconds is not None and time.perf_counter() - start > max_seconds
-            ):
-                break
-    bar.close()
-    if average_.mean is not None:
-        _restore(state.params, average_.mean)
-    return np.asarray(losses)
+        while not stop:
+            value, elbo, params = _loss_and_grads(elbo, model, guide, args, kwargs, trainer, loss is None)
+            if trainer.optimizer is None or len(params) != len(trainer.params):
+                trainer.use(torch.optim.Adam(params, lr=lr, foreach=True))  # Pyro made new parameters
+            stop = trainer.step(value)
+    return np.asarray(trainer.close())
 
 
-class _State:
-    """The parameters being trained, their optimiser and last good values."""
+def _trainer(num_steps, warmup, final_lr, average, clip_norm, early_stopping, max_seconds, progress) -> Trainer:
+    """fit's schedule, clipping, iterate average and stopping rules; the optimiser comes with the first step."""
+    return Trainer(
+        None,
+        num_steps,
+        schedule=lambda step, done: warmup_cosine(step, num_steps, warmup, final_lr),
+        clip_norm=clip_norm,
+        average=IterateAverage(num_steps - int(average * num_steps) if average else num_steps),
+        early_stopping=early_stopping,
+        max_seconds=max_seconds,
+        restore=True,
+        progress=progress,
+        desc="fit",
+        advice="try a smaller lr, a tighter clip_norm, or check the model for invalid values",
+    )
 
-    def __init__(self) -> None:
-        self.params: list[torch.Tensor] = []
-        self.good: list[torch.Tensor] = []
-        self.optimizer: torch.optim.Optimizer | None = None
 
-    def track(self, current: list[torch.Tensor], lr: float, average: IterateAverage) -> torch.optim.Optimizer:
-        """The optimiser, rebuilt (and the average reset) when the parameter list changes."""
-        if self.optimizer is None or len(current) != len(self.params):
-            self.params = current
-            self.optimizer = torch.optim.Adam(current, lr=lr, foreach=True)
-            self.good = [p.detach().clone() for p in current]
-            average.reset()
-        return self.optimizer
-
-
-def _loss_and_grads(elbo, model, guide, args, kwargs, step: int, state: _State, may_fall_back: bool):
+def _loss_and_grads(elbo, model, guide, args, kwargs, trainer: Trainer, may_fall_back: bool):
     """One loss and backward; the parameters it touched. A NaN or infinite
     loss raises (parameters restored); at step 0 a vectorisation failure falls
     back to sequential particles (warned only once they work)."""
@@ -197,9 +148,8 @@ def _loss_and_grads(elbo, model, guide, args, kwargs, step: int, state: _State, 
             value = elbo.loss_and_grads(model, guide, *args, **kwargs)
     except (ValueError, RuntimeError) as err:
         if _loss_is_non_finite(elbo, model, guide, args, kwargs):  # e.g. Pyro's validation caught a NaN
-            _restore(state.params, state.good)
-            raise NonFiniteLossError(_message(step, "loss", err)) from err
-        if step or not may_fall_back or not getattr(elbo, "vectorize_particles", False):
+            trainer.fail(f"loss ({str(err).splitlines()[0][:200]})", err)
+        if trainer.step_count or not may_fall_back or not getattr(elbo, "vectorize_particles", False):
             raise
         elbo = Trace_ELBO(num_particles=elbo.num_particles, vectorize_particles=False)
         with poutine.trace(param_only=True) as capture:

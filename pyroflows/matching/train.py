@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import math
 import numbers
 
 import torch
-from tqdm.auto import tqdm
 
 from pyroflows.matching.model import FlowMatcher
-from pyroflows.nn.ema import WeightAverage
-from pyroflows.training import NonFiniteLossError, check_positive
+from pyroflows.training import ExponentialAverage, Trainer, check_positive
 
 __all__ = ["distill", "reflow", "reflow_pairs", "straightness", "train"]
 
@@ -60,37 +57,17 @@ def train(
     for name, value in (("x_0", x_0), ("context", context), ("labels", labels)):
         _check_rows(name, value, n)
     matcher.validate_data(x_1, x_0, context)  # once: batches are then drawn unchecked
-    average = None if ema is None else WeightAverage([p for p in matcher.parameters() if p.requires_grad], ema)
-    opt = optimizer or _adam(matcher, lr)
+    average = None if ema is None else ExponentialAverage(ema)
+    trainer = Trainer(optimizer or _adam(matcher, lr), steps, average=average, progress=progress, desc="flow matching")
     gen = torch.Generator(device="cpu")
     gen.manual_seed(seed if seed is not None else int(torch.randint(2**31, ())))
-    losses = []
-    bar = tqdm(range(steps), disable=None if progress else True, desc="flow matching")
-    for step in bar:
+    stop = False
+    while not stop:
         idx = torch.randint(n, (min(batch_size, n),), generator=gen).to(x_1.device)
         t = torch.zeros(len(idx), dtype=x_1.dtype, device=x_1.device) if one_step else None
-        loss = matcher.loss(
-            x_1[idx],
-            x_0=None if x_0 is None else x_0[idx],
-            context=None if context is None else context[idx],
-            labels=None if labels is None else labels[idx],
-            t=t,
-            validate=False,
-        )
-        value = loss.item()
-        if not math.isfinite(value):
-            raise NonFiniteLossError(f"flow-matching loss is {value} at step {step}: lower lr or check the data")
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        if average is not None:
-            average.update()
-        losses.append(value)
-        if progress and step % 50 == 0:
-            bar.set_postfix(loss=f"{losses[-1]:.4f}")
-    if average is not None:
-        average.copy_to_params()
-    return losses
+        pick = [None if v is None else v[idx] for v in (x_0, context, labels)]
+        stop = trainer.step(matcher.loss(x_1[idx], x_0=pick[0], context=pick[1], labels=pick[2], t=t, validate=False))
+    return trainer.close()
 
 
 def reflow_pairs(
