@@ -188,32 +188,21 @@ def nsf(
     _check(input_dim, num_transforms)
     if spline_direction not in (None, *_SPLINE_DIRECTIONS):
         raise ValueError(f"spline_direction must be one of {_SPLINE_DIRECTIONS}, got {spline_direction!r}")
+    spline = {"count_bins": count_bins, "bound": bound}
     if variant == "coupling":
-        wrap = (lambda layer: layer) if spline_direction == "base_to_data" else Inverse
-        layers = _couplings(
-            lambda p: wrap(
-                SplineCoupling(
-                    input_dim,
-                    "alternating",
-                    p,
-                    hidden_dims,
-                    context_dim,
-                    count_bins=count_bins,
-                    bound=bound,
-                    transform_copied=transform_copied,
-                )
-            ),
-            input_dim,
-            num_transforms,
-        )
-        return _compose(layers, context_dim)
+
+        def layer(parity):
+            coupling = SplineCoupling(
+                input_dim, "alternating", parity, hidden_dims, context_dim, transform_copied=transform_copied, **spline
+            )
+            return coupling if spline_direction == "base_to_data" else Inverse(coupling)
+
+        return _compose(_couplings(layer, input_dim, num_transforms), context_dim)
     if variant == "autoregressive":
         if transform_copied or spline_direction is not None:
             raise ValueError("transform_copied and spline_direction apply to the coupling variant only")
         return _autoregressive(
-            lambda: SplineAutoregressive(
-                input_dim, mode, hidden_dims, context_dim, num_residual_blocks, count_bins=count_bins, bound=bound
-            ),
+            lambda: SplineAutoregressive(input_dim, mode, hidden_dims, context_dim, num_residual_blocks, **spline),
             input_dim,
             num_transforms,
             context_dim,

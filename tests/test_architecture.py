@@ -121,3 +121,13 @@ def test_no_private_method_of_another_package_is_called():
 def test_no_file_is_over_400_lines():
     long = {str(p.relative_to(ROOT)): n for p in ROOT.rglob("*.py") if (n := len(p.read_text().splitlines())) > 400}
     assert not long, f"split these files: {long}"
+
+
+def test_no_function_is_over_60_lines():
+    long = [
+        f"{path.relative_to(ROOT)}:{node.name} ({node.end_lineno - node.lineno + 1})"
+        for path, tree in _modules().items()
+        for node in ast.walk(tree)
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and node.end_lineno - node.lineno >= 60
+    ]
+    assert not long, f"split these functions (signature and docstring count): {long}"

@@ -85,6 +85,19 @@ class Sampler:
             raise ValueError(f"number of samples must be a positive int, got {num!r}")
         if not isinstance(steps, int) or steps < 1:
             raise ValueError(f"steps must be a positive int, got {steps!r}")
+        self._check_sampler(temperature, top_k, top_p, corrector, order)
+        filters = (temperature, top_k, top_p)
+        chunks = []
+        for start in range(0, num, batch_size):
+            size = min(batch_size, num - start)
+            if order is None:
+                chunks.append(self._sample(size, steps, *filters, corrector, generator))
+            else:
+                chunks.append(self._unmask_in_order(size, steps, *filters, order, generator)[0])
+        return torch.cat(chunks)
+
+    def _check_sampler(self, temperature, top_k, top_p, corrector, order) -> None:
+        """``ValueError`` naming the first of ``sample``'s sampler options that is out of range."""
         if not 0 < temperature < math.inf:
             raise ValueError(f"temperature must be positive and finite, got {temperature}")
         if top_k is not None and (not isinstance(top_k, int) or top_k < 1):
@@ -100,15 +113,6 @@ class Sampler:
             if self.path.source != "mask" or corrector:
                 got = f"a {self.path.source} source" + (f" and corrector {corrector}" if corrector else "")
                 raise ValueError(f"order needs a mask source and no corrector, got {got}")
-        filters = (temperature, top_k, top_p)
-        chunks = []
-        for start in range(0, num, batch_size):
-            size = min(batch_size, num - start)
-            if order is None:
-                chunks.append(self._sample(size, steps, *filters, corrector, generator))
-            else:
-                chunks.append(self._unmask_in_order(size, steps, *filters, order, generator)[0])
-        return torch.cat(chunks)
 
     @torch.no_grad()
     def ordered_log_prob(

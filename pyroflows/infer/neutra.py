@@ -19,6 +19,7 @@ more than the model's own.
 
 from __future__ import annotations
 
+import contextlib
 import time
 
 import pyro
@@ -29,6 +30,47 @@ from pyroflows.infer.autoguide import AutoFlow
 from pyroflows.infer.latent import LatentSpace
 
 __all__ = ["neutra"]
+
+
+def _latent_space(model, guide, args, kwargs) -> LatentSpace:
+    """The model's flat latent space, checked against the guide's."""
+    if not isinstance(guide, AutoFlow):
+        raise TypeError(f"neutra needs a trained AutoFlow guide, got {type(guide).__name__}")
+    if guide.prototype_trace is None:
+        guide(*args, **kwargs)
+    if guide.layout.subsampled:
+        raise ValueError("NeuTra needs the full log density: run it on a model without subsampling")
+    space = LatentSpace(model, *args, **kwargs)
+    if space.dim != guide.latent_dim:
+        raise ValueError(f"the guide has {guide.latent_dim} latents but the model {space.dim}")
+    return space
+
+
+@contextlib.contextmanager
+def _frozen(guide: AutoFlow):
+    """The guide's parameters without gradients (NUTS differentiates only the base point)."""
+    for p in guide.parameters():
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in guide.parameters():
+            p.requires_grad_(True)
+
+
+def _chain(potential, guide: AutoFlow, num_samples: int, warmup_steps: int, progress: bool):
+    """One NUTS chain started from a draw of the guide's base: its draws and divergence flags."""
+    mcmc = MCMC(
+        NUTS(potential_fn=potential),
+        num_samples=num_samples,
+        warmup_steps=warmup_steps,
+        initial_params={"eps": guide.get_base_dist().sample()},
+        disable_progbar=not progress,
+    )
+    mcmc.run()
+    flags = torch.zeros(num_samples, dtype=torch.bool)
+    flags[mcmc.diagnostics()["divergences"]["chain 0"]] = True
+    return mcmc.get_samples()["eps"], flags
 
 
 def neutra(
@@ -61,18 +103,7 @@ def neutra(
     """
     import arviz as az
 
-    if not isinstance(guide, AutoFlow):
-        raise TypeError(f"neutra needs a trained AutoFlow guide, got {type(guide).__name__}")
-    if guide.prototype_trace is None:
-        guide(*args, **kwargs)
-    if guide.layout.subsampled:
-        raise ValueError("NeuTra needs the full log density: run it on a model without subsampling")
-    space = LatentSpace(model, *args, **kwargs)
-    if space.dim != guide.latent_dim:
-        raise ValueError(f"the guide has {guide.latent_dim} latents but the model {space.dim}")
-    for p in guide.parameters():
-        p.requires_grad_(False)
-    calls = [0]
+    space, calls = _latent_space(model, guide, args, kwargs), [0]
 
     def potential(params):
         calls[0] += 1
@@ -80,26 +111,11 @@ def neutra(
         return -(space.log_density(z, *args, **kwargs) + log_det)
 
     pyro.set_rng_seed(seed)
-    chains, diverging = [], []
     start = time.perf_counter()
-    try:
-        for _ in range(num_chains):
-            init = {"eps": guide.get_base_dist().sample()}
-            mcmc = MCMC(
-                NUTS(potential_fn=potential),
-                num_samples=num_samples,
-                warmup_steps=warmup_steps,
-                initial_params=init,
-                disable_progbar=not progress,
-            )
-            mcmc.run()
-            chains.append(mcmc.get_samples()["eps"])
-            flags = torch.zeros(num_samples, dtype=torch.bool)
-            flags[mcmc.diagnostics()["divergences"]["chain 0"]] = True
-            diverging.append(flags)
-    finally:
-        for p in guide.parameters():
-            p.requires_grad_(True)
+    with _frozen(guide):
+        chains, diverging = zip(
+            *(_chain(potential, guide, num_samples, warmup_steps, progress) for _ in range(num_chains)), strict=True
+        )
     seconds = time.perf_counter() - start
     with torch.no_grad():
         eps = torch.stack(chains)
