@@ -4,6 +4,7 @@ import pyro
 import pyro.distributions as dist
 import pytest
 import torch
+from pyro import poutine
 from pyro.distributions import constraints
 from pyro.infer import Predictive
 from pyro.infer.autoguide import AutoIAFNormal
@@ -128,6 +129,35 @@ def test_round_trips_through_torch_save_and_param_store(tmp_path):
     fresh(x, y)  # set up, then take the stored parameters
     pyro.set_rng_seed(1)
     torch.testing.assert_close(fresh(x, y)["beta"], expected)
+
+
+def _guide_log_q(guide, *args):
+    pyro.set_rng_seed(3)
+    return poutine.trace(guide).get_trace(*args).log_prob_sum()
+
+
+def wide_regression(x, y):
+    w = pyro.sample("w", dist.Normal(torch.zeros(x.shape[-1]), 1.0).to_event(1))
+    sigma = pyro.sample("sigma", dist.HalfNormal(1.0))
+    with pyro.plate("rows", len(y)):
+        pyro.sample("y", dist.Normal((x * w.unsqueeze(-2)).sum(-1), sigma), obs=y)
+
+
+def test_a_param_store_reload_restores_the_resflow_spectral_norm_state(tmp_path):
+    torch.manual_seed(0)
+    x = torch.randn(100, 12)
+    y = x @ torch.randn(12) + torch.randn(100)
+    guide = AutoFlow(wide_regression, flow="resflow")
+    fit(wide_regression, guide, x, y, num_steps=30, progress=False, seed=0)
+    pyro.get_param_store().save(tmp_path / "params.pt")  # weights averaged after the last forward: not in sync
+    expected = _guide_log_q(guide, x, y)
+    pyro.get_param_store().save(tmp_path / "synced.pt")  # the vectors now belong to the weights
+    for saved in ("params.pt", "synced.pt"):
+        pyro.clear_param_store()
+        pyro.get_param_store().load(tmp_path / saved)
+        fresh = AutoFlow(wide_regression, flow="resflow")
+        fresh(x, y)  # set up (this draw moves Pyro's RNG, not the flow)
+        assert torch.equal(_guide_log_q(fresh, x, y), expected), saved
 
 
 def test_clear_errors():

@@ -223,6 +223,7 @@ class AutoFlow(StructuredForm, AutoContinuous):
             names.append("members")
         for name in names:  # take values already in the param store (after param_store.load)
             pyro.module(self._pyro_get_fullname(name), self._modules[name], update_module_params=True)
+            _keep_state_in_param_store(self._pyro_get_fullname(name), self._modules[name])
 
     def _build_flow(self, dim: int):
         if callable(self.flow_spec):
@@ -350,3 +351,21 @@ class AutoFlow(StructuredForm, AutoContinuous):
         layout = getattr(self, "_layout", None)
         form = "structured" if layout is not None and layout.plate is not None else "joint"
         return f"flow={self.flow_spec!r}, warm_start={self.warm_start!r}, latent_dim={dim}, form={form}"
+
+
+def _keep_state_in_param_store(name: str, module: torch.nn.Module) -> None:
+    """Put the state buffers of ``module``'s layers that have one (the
+    spectral-norm vectors of residual flows) in Pyro's param store beside the
+    parameters, sharing their memory, so a param-store save and load restores
+    them; values already in the store (after a load) are copied in."""
+    store = pyro.get_param_store()
+    for path, layer in module.named_modules():
+        if not hasattr(layer, "restore_state"):
+            continue
+        for buffer_name, buffer in layer.named_buffers(recurse=False):
+            key = f"{name}$$${path}.{buffer_name}" if path else f"{name}$$${buffer_name}"
+            if key in store:
+                with torch.no_grad():
+                    buffer.copy_(store[key])
+            store[key] = buffer.detach()  # an alias: a later save sees the current values
+        layer.restore_state()

@@ -54,29 +54,37 @@ class _SpectralNorm:
         gen = torch.Generator().manual_seed(0)
         self.register_buffer("u", _unit(torch.randn(u_shape, generator=gen)))
         self.register_buffer("v", _unit(torch.randn(v_shape, generator=gen)))
-        self.register_buffer("synced", torch.tensor(False))  # u, v belong to the saved weight
+        # (warm, sum, sum of squares) of the weight that u and v were last computed for: after a load
+        # (state dict, pickle, Pyro's param store) the same weight reuses them, so outputs round-trip exactly
+        self.register_buffer("fingerprint", torch.zeros(3, dtype=torch.float64))
         self._seen: tuple | None = None
 
     def _key(self) -> tuple:
         return (self.weight._version, self.weight.data_ptr(), self.weight.dtype)
 
+    def _weight_sums(self) -> torch.Tensor:
+        w = self.weight.detach().to(self.fingerprint.dtype)
+        return torch.stack([w.sum(), w.square().sum()])
+
+    @torch.no_grad()
+    def restore_state(self) -> None:
+        """Take up ``u``, ``v`` and ``fingerprint`` just loaded from elsewhere:
+        they are used as they are while the weight is the one they belong to."""
+        self._warm = bool(self.fingerprint[0])
+        self._seen = self._key() if torch.equal(self.fingerprint[1:], self._weight_sums()) else None
+
     def __getstate__(self):
-        state = dict(super().__getstate__())
-        state["_seen"] = "synced" if self._seen == self._key() else None  # pointers do not survive pickling
-        return state
+        return {**super().__getstate__(), "_seen": None}  # pointers do not survive pickling
 
     def __setstate__(self, state):
         super().__setstate__(state)
-        self._seen = self._key() if state.get("_seen") == "synced" else None
-
-    def _save_to_state_dict(self, destination, prefix, keep_vars):
-        self.synced.fill_(self._seen == self._key())
-        super()._save_to_state_dict(destination, prefix, keep_vars)
+        self.restore_state()
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        if state_dict.pop(prefix + "synced", None) is not None:  # written by earlier releases
+            state_dict.setdefault(prefix + "fingerprint", torch.zeros_like(self.fingerprint))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
-        # the loaded vectors match the loaded weight: no new iteration, so outputs round-trip exactly
-        self._seen = self._key() if bool(self.synced) else None
+        self.restore_state()
 
     @torch.no_grad()
     def _power_iteration(self) -> None:
@@ -106,6 +114,8 @@ class _SpectralNorm:
         if converged:  # a zero weight leaves the vectors as they were
             self.u.copy_(u)
             self.v.copy_(v)
+        self.fingerprint[0] = float(self._warm)
+        self.fingerprint[1:] = self._weight_sums()
         self._seen = key
 
     def normalized_weight(self) -> torch.Tensor:
