@@ -52,7 +52,7 @@ from pyroflows.discrete import (
     MixturePath,
     digits_tokens,
     ngram_distance,
-    train,
+    train_discrete,
 )
 from pyroflows.discrete.sampling import DETERMINISTIC_ORDERS, ORDERS
 from pyroflows.nn.tokens import ConvNet8, SequenceTransformer
@@ -90,7 +90,7 @@ def markov_rows(name: str, source: MarkovSource, data, test, args) -> list[dict]
     start = time.perf_counter()
     options = {"batch_size": 128, "lr": args.lr, "max_seconds": args.seconds, "progress": False, "ema": args.ema}
     options["decay"] = args.decay
-    losses = [] if name == "oracle" else train(model, data, 10**9, loss=loss, seed=args.seed, **options)
+    losses = [] if name == "oracle" else train_discrete(model, data, 10**9, loss=loss, seed=args.seed, **options)
     seconds = time.perf_counter() - start
     model.eval()
     iw_bound = None
@@ -225,7 +225,7 @@ def digits_row(args) -> dict:
     path = MixturePath(17, "mask")
     model = DiscreteFlowMatcher(ConvNet8(path.input_vocab_size, 17, width=32), path, 64)
     options = {"batch_size": 128, "lr": args.lr, "max_seconds": args.seconds, "progress": False}
-    losses = train(model, train_x, 10**9, loss=args.loss, seed=0, **options)
+    losses = train_discrete(model, train_x, 10**9, loss=args.loss, seed=0, **options)
     model.eval()
     elbo = model.elbo(test_x, num_times=args.elbo_times).mean().item() / 64
     samples = model.sample(64, steps=64, generator=torch.Generator().manual_seed(1))
@@ -265,7 +265,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     models = ["mask", "uniform", "ar", "oracle"]
     parser.add_argument("--models", nargs="*", default=models[:3], choices=models)
-    parser.add_argument("--digits", action="store_true", help="also train the digits model")
+    parser.add_argument("--digits", action="store_true", help="also train_discrete the digits model")
     parser.add_argument("--seconds", type=float, default=420.0, help="training wall time per model")
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--dim", type=int, default=64)

@@ -1,7 +1,7 @@
 """Flow matching on 2-D tasks: pyroflows vs torchcfm, at the same network and step budget.
 
 Tasks: 8gaussians -> moons, N(0, I) -> checkerboard, N(0, I) -> 2spirals
-(10k train, 2k test points). Velocity MLP 64x3 on ``[x, t]`` (pyroflows: ``TimeMLP``,
+(10k train_matcher, 2k test points). Velocity MLP 64x3 on ``[x, t]`` (pyroflows: ``TimeMLP``,
 SiLU, ``train``'s default weight EMA 0.999; torchcfm: its ``MLP``, SELU), Adam 1e-3, batch 256,
 sigma = 0, independent and exact-OT couplings (torchcfm's
 ``ConditionalFlowMatcher`` and ``ExactOptimalTransportConditionalFlowMatcher``).
@@ -33,7 +33,7 @@ from common import RESULTS, save, table
 from torch import nn
 
 from pyroflows.datasets import toy_2d
-from pyroflows.matching import ExactOT, FlowMatcher, Independent, reflow, straightness, train, wasserstein2
+from pyroflows.matching import ExactOT, FlowMatcher, Independent, reflow, straightness, train_matcher, wasserstein2
 from pyroflows.nn.velocity import TimeMLP
 
 TASKS = {"moons": "8gaussians", "checkerboard": "normal", "2spirals": "normal"}  # target: source
@@ -106,10 +106,10 @@ def run(library: str, coupling: str, target: str, seed: int, args) -> dict:
         fm = FlowMatcher(
             TimeMLP(2, (64, 64, 64)), (2,), coupling=ExactOT() if coupling == "ot" else Independent(), source=source
         )
-        opt = torch.optim.Adam(fm.parameters(), lr=1e-3, fused=True)  # what train() makes by default
-        train(fm, data, WARMUP, batch_size=256, optimizer=opt, seed=seed, progress=False, ema=None)
+        opt = torch.optim.Adam(fm.parameters(), lr=1e-3, fused=True)  # what train_matcher() makes by default
+        train_matcher(fm, data, WARMUP, batch_size=256, optimizer=opt, seed=seed, progress=False, ema=None)
         start = time.perf_counter()
-        train(fm, data, args.steps - WARMUP, batch_size=256, optimizer=opt, seed=seed + 1, progress=False)
+        train_matcher(fm, data, args.steps - WARMUP, batch_size=256, optimizer=opt, seed=seed + 1, progress=False)
         ms = 1000 * (time.perf_counter() - start) / (args.steps - WARMUP)
     else:
         from torchcfm.conditional_flow_matching import (
@@ -158,13 +158,13 @@ def timing(target: str, coupling: str, rounds: int, steps: int) -> dict:
     fm = FlowMatcher(
         TimeMLP(2, (64, 64, 64)), (2,), coupling=ExactOT() if coupling == "ot" else Independent(), source=source
     )
-    opt = torch.optim.Adam(fm.parameters(), lr=1e-3, fused=True)  # what train() makes by default
+    opt = torch.optim.Adam(fm.parameters(), lr=1e-3, fused=True)  # what train_matcher() makes by default
     velocity = TorchCFMVelocity()
     cls = ExactOptimalTransportConditionalFlowMatcher if coupling == "ot" else ConditionalFlowMatcher
     ours, theirs = [], []
     for r in range(rounds + 1):  # round 0 warms up
         start = time.perf_counter()
-        train(fm, data, steps, batch_size=256, optimizer=opt, seed=r, progress=False)
+        train_matcher(fm, data, steps, batch_size=256, optimizer=opt, seed=r, progress=False)
         mid = time.perf_counter()
         train_torchcfm(velocity, cls, source, data, steps + WARMUP, r)
         end = time.perf_counter()

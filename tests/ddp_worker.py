@@ -8,7 +8,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 from pyroflows.images import ImageFlow, glow
-from pyroflows.images.train import setup_distributed, train
+from pyroflows.images.train import setup_distributed, train_images
 
 
 def tiny_model() -> ImageFlow:
@@ -24,7 +24,7 @@ def one_step_gradients(model, data, rank: int, world: int) -> dict:
     """Gradients of the mean bits/dim over ``data`` (this rank's share under DDP)."""
     noise = model.draw_noise(len(data), torch.Generator().manual_seed(2))
     with torch.no_grad():
-        model.log_prob(data, noise)  # ActNorm init on the whole batch, as train() does
+        model.log_prob(data, noise)  # ActNorm init on the whole batch, as train_images() does
     share = len(data) // world
     part = slice(rank * share, (rank + 1) * share)
     net = DistributedDataParallel(model) if world > 1 else model
@@ -36,7 +36,7 @@ def main(out: str) -> None:
     rank, world = setup_distributed()
     grads = one_step_gradients(tiny_model(), tiny_data(), rank, world)
     model = tiny_model()
-    train(model, tiny_data(), epochs=2, batch_size=8, warmup_steps=2, progress=False)
+    train_images(model, tiny_data(), epochs=2, batch_size=8, warmup_steps=2, progress=False)
     if rank == 0:
         torch.save({"grads": grads, "state": model.state_dict(), "world": world}, out)
     dist.barrier()

@@ -13,12 +13,12 @@ import torch
 from torch import nn
 
 from pyroflows.discrete import (
-    Cosine,
+    CosineKappa,
     DiscreteFlowMatcher,
     KappaScheduler,
     MixturePath,
-    Polynomial,
-    train,
+    PolynomialKappa,
+    train_discrete,
 )
 from pyroflows.nn.tokens import SequenceTransformer
 from pyroflows.training import NonFiniteLossError
@@ -26,7 +26,7 @@ from pyroflows.training import NonFiniteLossError
 from .discrete_cases import PI, ExactPosterior, L, V, exact_model, iid_data
 
 
-@pytest.mark.parametrize("scheduler", [Polynomial(1.0), Polynomial(2.0), Cosine()])
+@pytest.mark.parametrize("scheduler", [PolynomialKappa(1.0), PolynomialKappa(2.0), CosineKappa()])
 def test_scheduler_ends_and_derivative(scheduler):
     t = torch.linspace(0.01, 0.99, 50, dtype=torch.float64, requires_grad=True)
     kappa, d_kappa = scheduler(t)
@@ -198,7 +198,7 @@ class NaNNet(nn.Module):
 def test_training_detects_non_finite_loss():
     model = DiscreteFlowMatcher(NaNNet(), MixturePath(V), L)
     with pytest.raises(NonFiniteLossError, match="step 0"):
-        train(model, iid_data(64), 5, progress=False)
+        train_discrete(model, iid_data(64), 5, progress=False)
 
 
 @pytest.mark.parametrize("source,kind", [("mask", "ce"), ("uniform", "kl")])
@@ -208,7 +208,7 @@ def test_training_learns_the_marginal(source, kind):
     model = DiscreteFlowMatcher(SequenceTransformer(path.input_vocab_size, L, V, dim=16, depth=1, heads=2), path, L)
     data, test = iid_data(2000), iid_data(500, seed=1)
     before = model.elbo(test, num_times=8).mean()
-    losses = train(model, data, 300, batch_size=128, lr=3e-3, loss=kind, seed=0, progress=False)
+    losses = train_discrete(model, data, 300, batch_size=128, lr=3e-3, loss=kind, seed=0, progress=False)
     after = model.elbo(test, num_times=16).mean()
     if source == "mask":  # the tight bound: the NLL
         assert after < before and after < 1.15 * -PI.log()[test].sum(-1).mean()
@@ -229,13 +229,13 @@ def test_training_can_end_with_the_weight_average():
     snapshots = []
     opt.register_step_post_hook(lambda *_: snapshots.append([p.detach().clone() for p in plain.parameters()]))
     torch.manual_seed(1)  # the same masking times in both runs (batches come from ``seed``)
-    train(plain, iid_data(200), 20, optimizer=opt, seed=0, progress=False)
+    train_discrete(plain, iid_data(200), 20, optimizer=opt, seed=0, progress=False)
     for n, params in enumerate(snapshots, 1):
         rate = min(0.9, (1 + n) / (10 + n))
         expected = [e * rate + p * (1 - rate) for e, p in zip(expected, params, strict=True)]
     torch.manual_seed(1)
     opt = torch.optim.Adam(averaged.parameters(), lr=1e-2)
-    train(averaged, iid_data(200), 20, optimizer=opt, seed=0, progress=False, ema=0.9)
+    train_discrete(averaged, iid_data(200), 20, optimizer=opt, seed=0, progress=False, ema=0.9)
     for got, want in zip(averaged.parameters(), expected, strict=True):
         assert torch.allclose(got, want, atol=1e-6)
 
@@ -316,6 +316,6 @@ def test_training_decays_the_learning_rate_on_a_cosine():
     opt = torch.optim.Adam(model.parameters(), lr=0.1)
     rates = []
     opt.register_step_pre_hook(lambda o, *_: rates.append(o.param_groups[0]["lr"]))
-    train(model, iid_data(64), 10, optimizer=opt, seed=0, progress=False, decay=True)
+    train_discrete(model, iid_data(64), 10, optimizer=opt, seed=0, progress=False, decay=True)
     expected = [0.05 * (1 + math.cos(math.pi * k / 10)) for k in range(10)]
     assert rates == pytest.approx(expected)

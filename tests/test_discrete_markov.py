@@ -13,7 +13,7 @@ from pyroflows.discrete import (
     MixturePath,
     digits_tokens,
     ngram_distance,
-    train,
+    train_discrete,
 )
 from pyroflows.nn.tokens import SequenceTransformer
 
@@ -117,7 +117,7 @@ def test_pair_tables_learn_the_posterior_between_visible_neighbours():
         path = MixturePath(5, "mask")
         net = SequenceTransformer(6, length, 5, dim=16, depth=1, heads=2, pairs=pairs)
         model = DiscreteFlowMatcher(net, path, length)
-        train(model, data, 300, batch_size=128, lr=3e-3, seed=0, progress=False)
+        train_discrete(model, data, 300, batch_size=128, lr=3e-3, seed=0, progress=False)
         with torch.no_grad():
             got = model.logits(x_t, torch.ones(len(x_t)))[:, 4].log_softmax(-1).double()
         kls[pairs] = (exact.exp() * (exact - got)).sum(-1).mean().item()

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from pyroflows.discrete import AutoregressiveModel, train
+from pyroflows.discrete import AutoregressiveModel, train_discrete
 from pyroflows.nn.tokens import ConvNet8, SequenceTransformer
 
 
@@ -23,7 +23,7 @@ def test_autoregressive_model_is_normalised_and_causal(pairs):
     x[0, 3] = (x[0, 3] + 1) % 3
     assert torch.allclose(model.net(x)[0, :3], logits[0, :3], atol=1e-6)  # earlier positions unchanged
     assert model.sample(5).shape == (5, 4)
-    losses = train(model, every[every[:, 0] == 0], 50, lr=1e-2, loss="nll", seed=0, progress=False)
+    losses = train_discrete(model, every[every[:, 0] == 0], 50, lr=1e-2, loss="nll", seed=0, progress=False)
     assert losses[-1] < losses[0]
 
 

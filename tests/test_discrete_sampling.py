@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from pyroflows.discrete import DiscreteFlowMatcher, MixturePath, Polynomial
+from pyroflows.discrete import DiscreteFlowMatcher, MixturePath, PolynomialKappa
 from pyroflows.nn.tokens import SequenceTransformer
 
 from .discrete_cases import PI, ExactPosterior, L, V, exact_model
@@ -68,7 +68,7 @@ def test_ordered_unmasking_follows_the_scheduler_and_draws_rather_than_takes_the
     assert model.net.calls == 3  # two positions per step with a linear kappa
     freqs = torch.bincount(x.flatten(), minlength=V).double() / x.numel()
     assert (freqs - PI.double()).abs().max() < 0.015
-    path = MixturePath(V, "mask", Polynomial(2.0))
+    path = MixturePath(V, "mask", PolynomialKappa(2.0))
     model = DiscreteFlowMatcher(ExactPosterior(path), path, L)
     model.sample(3, steps=6, order="random")
     assert model.net.calls == 5  # visible after each step: round(6 ((k + 1) / 6)^2) = 0, 1, 2, 3, 4, 6

@@ -16,7 +16,7 @@ import torch
 
 from pyroflows.images import ImageFlow, VariationalDequantization, glow, realnvp_image, resflow_image
 from pyroflows.images.data import load_cifar10, load_digits_images, load_mnist
-from pyroflows.images.train import save_image_grid, train
+from pyroflows.images.train import save_image_grid, train_images
 from pyroflows.training import NonFiniteLossError, warmup_polynomial
 from pyroflows.transforms import GlowStep, ImageCoupling, LogDetEstimator, Logit, Unsqueeze
 
@@ -188,9 +188,11 @@ def test_training_lowers_test_bits_per_dim_and_records_monitoring(tmp_path):
     train_data, test_data = load_digits_images("train").images[:512], load_digits_images("test").images[:128]
     model = _digits_model()
     grid = tmp_path / "samples.png"
-    history = train(model, train_data, epochs=1, batch_size=64, warmup_steps=5, test_data=test_data, progress=False)
+    history = train_images(
+        model, train_data, epochs=1, batch_size=64, warmup_steps=5, test_data=test_data, progress=False
+    )
     before = history.test_bpd[0]
-    history = train(
+    history = train_images(
         _digits_model(),
         train_data,
         epochs=10,
@@ -213,10 +215,10 @@ def test_training_lowers_test_bits_per_dim_and_records_monitoring(tmp_path):
 def test_checkpoints_resume_exactly(tmp_path):
     data = load_digits_images("train").images[:256]
     straight = _digits_model("variational")
-    train(straight, data, epochs=3, batch_size=64, warmup_steps=3, progress=False)
+    train_images(straight, data, epochs=3, batch_size=64, warmup_steps=3, progress=False)
     path = tmp_path / "run.pt"
     first = _digits_model("variational")
-    stopped = train(
+    stopped = train_images(
         first,
         data,
         epochs=3,
@@ -229,7 +231,7 @@ def test_checkpoints_resume_exactly(tmp_path):
     assert len(stopped.train_bpd) == 4
     torch.manual_seed(123)  # the global RNG must not matter
     resumed = _digits_model("variational")
-    history = train(resumed, data, epochs=3, batch_size=64, warmup_steps=3, checkpoint=path, progress=False)
+    history = train_images(resumed, data, epochs=3, batch_size=64, warmup_steps=3, checkpoint=path, progress=False)
     assert len(history.train_bpd) == 3 * 4
     for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values(), strict=True):
         assert torch.equal(a, b), name
@@ -239,7 +241,9 @@ def test_checkpoints_resume_exactly(tmp_path):
 def test_a_damaged_checkpoint_is_named_not_unpickled_into_a_traceback(tmp_path, damage):
     data = load_digits_images("train").images[:64]
     path = tmp_path / "run.pt"
-    train(_digits_model("variational"), data, epochs=1, batch_size=64, warmup_steps=1, checkpoint=path, progress=False)
+    train_images(
+        _digits_model("variational"), data, epochs=1, batch_size=64, warmup_steps=1, checkpoint=path, progress=False
+    )
     content = path.read_bytes()
     damaged = {
         "truncated": content[: len(content) // 2],
@@ -251,7 +255,7 @@ def test_a_damaged_checkpoint_is_named_not_unpickled_into_a_traceback(tmp_path, 
     else:
         path.write_bytes(damaged[damage])
     with pytest.raises(ValueError, match="corrupted or incomplete"):
-        train(_digits_model("variational"), data, epochs=2, batch_size=64, checkpoint=path, progress=False)
+        train_images(_digits_model("variational"), data, epochs=2, batch_size=64, checkpoint=path, progress=False)
 
 
 def test_non_finite_loss_is_reported():
@@ -259,7 +263,7 @@ def test_non_finite_loss_is_reported():
     with torch.no_grad():
         model.flow.top.log_std.fill_(float("nan"))
     with pytest.raises(NonFiniteLossError, match="bits/dim is nan"):
-        train(model, load_digits_images("train").images[:128], epochs=1, progress=False)
+        train_images(model, load_digits_images("train").images[:128], epochs=1, progress=False)
 
 
 def test_ddp_on_two_cpu_processes_matches_one_process(tmp_path):
@@ -274,7 +278,7 @@ def test_ddp_on_two_cpu_processes_matches_one_process(tmp_path):
     for name, g in grads.items():
         assert torch.allclose(ddp["grads"][name], g, rtol=1e-4, atol=1e-6), name
     single = tiny_model()
-    train(single, tiny_data(), epochs=2, batch_size=8, warmup_steps=2, progress=False)
+    train_images(single, tiny_data(), epochs=2, batch_size=8, warmup_steps=2, progress=False)
     # Adam divides by the gradient's scale, so float32 rounding in the all-reduce
     # can move a parameter by up to lr per step where its gradient is near zero
     for (name, a), b in zip(single.state_dict().items(), ddp["state"].values(), strict=True):

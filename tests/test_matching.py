@@ -22,7 +22,7 @@ from pyroflows.matching import (
     distill,
     reflow,
     straightness,
-    train,
+    train_matcher,
     wasserstein2,
 )
 from pyroflows.nn.velocity import TimeMLP, UNet8
@@ -138,7 +138,7 @@ def test_samplers_reach_the_target_and_count_evaluations(method, steps):
 def fitted(coupling: str, steps: int = 600, data: str = "moons", seed: int = 0):
     torch.manual_seed(seed)
     fm = FlowMatcher(TimeMLP(2, hidden_dims=(64, 64)), (2,), coupling=COUPLINGS[coupling]())
-    train(fm, toy_2d(data, 4000, seed=seed), steps, lr=3e-3, seed=seed, progress=False)
+    train_matcher(fm, toy_2d(data, 4000, seed=seed), steps, lr=3e-3, seed=seed, progress=False)
     return fm
 
 
@@ -175,7 +175,7 @@ def test_class_conditional_model_with_guidance():
     fm = FlowMatcher(
         TimeMLP(2, (64, 64), context_dim=3), (2,), coupling=LabelAwareOT(), context_dim=2, guidance_dropout=0.2
     )
-    train(fm, x_1, 600, lr=3e-3, context=onehot, labels=labels, seed=0, progress=False)
+    train_matcher(fm, x_1, 600, lr=3e-3, context=onehot, labels=labels, seed=0, progress=False)
     ctx = torch.tensor([[0.0, 1.0]]).expand(500, 2)
     x = fm.sample(500, steps=50, context=ctx)
     assert (x[:, 0] - 2.0).abs().mean() < 0.4
@@ -216,7 +216,7 @@ def test_unet_on_images_trains_and_samples():
     torch.manual_seed(0)
     images = torch.rand(64, 1, 8, 8)
     fm = FlowMatcher(UNet8(1, width=8), (1, 8, 8))
-    losses = train(fm, images, 20, batch_size=16, lr=1e-3, seed=0, progress=False)
+    losses = train_matcher(fm, images, 20, batch_size=16, lr=1e-3, seed=0, progress=False)
     assert losses[-1] < losses[0]
     assert fm.sample(3, steps=2).shape == (3, 1, 8, 8)
     log_prob = fm.log_prob(images[:2], method="rk4", step_size=0.5)
@@ -246,11 +246,11 @@ def test_bad_inputs():
     with pytest.raises(ValueError, match="same shape"):
         ExactOT()(torch.randn(3, 2), torch.randn(4, 2))
     with pytest.raises(ValueError, match="rows"):
-        train(fm, torch.randn(10, 2), 1, x_0=torch.randn(9, 2), progress=False)
+        train_matcher(fm, torch.randn(10, 2), 1, x_0=torch.randn(9, 2), progress=False)
     with pytest.raises(ValueError, match=r"t must be"):
         TimeMLP(2)(torch.randn(4, 2), torch.rand(3))
     with pytest.raises(ValueError, match="ema"):
-        train(fm, torch.randn(10, 2), 1, ema=1.0, progress=False)
+        train_matcher(fm, torch.randn(10, 2), 1, ema=1.0, progress=False)
 
 
 def test_training_ends_with_the_moving_average_of_the_weights():
@@ -265,13 +265,13 @@ def test_training_ends_with_the_moving_average_of_the_weights():
     snapshots = []
     opt.register_step_post_hook(lambda *_: snapshots.append([p.detach().clone() for p in plain.parameters()]))
     torch.manual_seed(1)  # the same noise and times in both runs (batches come from ``seed``)
-    train(plain, data, 30, optimizer=opt, seed=0, progress=False, ema=None)
+    train_matcher(plain, data, 30, optimizer=opt, seed=0, progress=False, ema=None)
     for n, params in enumerate(snapshots, 1):
         rate = min(0.9, (1 + n) / (10 + n))
         expected = [e * rate + p * (1 - rate) for e, p in zip(expected, params, strict=True)]
     torch.manual_seed(1)
     opt = torch.optim.Adam(averaged.parameters(), lr=1e-2)
-    train(averaged, data, 30, optimizer=opt, seed=0, progress=False, ema=0.9)
+    train_matcher(averaged, data, 30, optimizer=opt, seed=0, progress=False, ema=0.9)
     for got, want, last in zip(averaged.parameters(), expected, snapshots[-1], strict=True):
         assert torch.allclose(got, want, atol=1e-6) and not torch.allclose(got, last)
 
@@ -281,7 +281,7 @@ def test_non_finite_loss_is_reported():
     with torch.no_grad():
         fm.velocity.net[0].weight.fill_(float("inf"))
     with pytest.raises(NonFiniteLossError, match="step 0"):
-        train(fm, torch.randn(10, 2), 5, progress=False)
+        train_matcher(fm, torch.randn(10, 2), 5, progress=False)
 
 
 def test_save_load_round_trip(tmp_path):
@@ -300,5 +300,5 @@ def test_save_load_round_trip(tmp_path):
 def test_sinkhorn_coupling_trains():
     torch.manual_seed(0)
     fm = FlowMatcher(TimeMLP(2, (32,)), (2,), coupling=SinkhornOT(reg=0.05, seed=0))
-    losses = train(fm, toy_2d("moons", 2000), 100, lr=3e-3, seed=0, progress=False)
+    losses = train_matcher(fm, toy_2d("moons", 2000), 100, lr=3e-3, seed=0, progress=False)
     assert sum(losses[-10:]) < sum(losses[:10])

@@ -29,7 +29,7 @@ from pyroflows.discrete import (  # noqa: E402
     MixturePath,
     digits_tokens,
     ngram_distance,
-    train,
+    train_discrete,
 )
 from pyroflows.nn.tokens import ConvNet8, SequenceTransformer  # noqa: E402
 
@@ -42,7 +42,7 @@ def markov(args) -> dict[str, float]:
     pairs = ((-2, -1), (-1, 1), (1, 2))
     net = SequenceTransformer(path.input_vocab_size, 32, 20, dim=args.dim, depth=args.depth, heads=4, pairs=pairs)
     model = DiscreteFlowMatcher(net, path, length=32)
-    train(model, data, args.steps, batch_size=128, lr=1e-3, seed=args.seed)
+    train_discrete(model, data, args.steps, batch_size=128, lr=1e-3, seed=args.seed)
     model.eval()
     samples = model.sample(1000, steps=args.sample_steps, generator=torch.Generator().manual_seed(args.seed))
     results = {
@@ -68,7 +68,7 @@ def digits(args) -> dict[str, float]:
     data, test = tokens[order[:1500]], tokens[order[1500:]]
     path = MixturePath(17, "mask")
     model = DiscreteFlowMatcher(ConvNet8(path.input_vocab_size, 17, width=args.width), path, length=64)
-    train(model, data, args.steps, batch_size=128, lr=1e-3, seed=args.seed)
+    train_discrete(model, data, args.steps, batch_size=128, lr=1e-3, seed=args.seed)
     model.eval()
     elbo = model.elbo(test, num_times=16).mean().item() / 64
     print(f"digits: test ELBO {elbo:.3f} nats per pixel")

@@ -27,7 +27,7 @@ from pyroflows.matching import (  # noqa: E402
     distill,
     reflow_pairs,
     straightness,
-    train,
+    train_matcher,
     wasserstein2,
 )
 from pyroflows.nn.velocity import TimeMLP  # noqa: E402
@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
     models, results = {}, {}
     for name, coupling in (("independent", Independent()), ("OT", ExactOT())):
         fm = FlowMatcher(TimeMLP(2), event_shape=(2,), coupling=coupling)
-        train(fm, data, args.steps, seed=args.seed, progress=False)
+        train_matcher(fm, data, args.steps, seed=args.seed, progress=False)
         models[name] = fm
     # rectify the OT model: pairs (x_0, x_1) from its own ODE, then a one-step generator
     pairs = reflow_pairs(models["OT"], 10_000, steps=100)

@@ -21,7 +21,7 @@ import torch  # noqa: E402
 from sklearn.datasets import load_digits  # noqa: E402
 from sklearn.linear_model import LogisticRegression  # noqa: E402
 
-from pyroflows.matching import FlowMatcher, LabelAwareOT, train  # noqa: E402
+from pyroflows.matching import FlowMatcher, LabelAwareOT, train_matcher  # noqa: E402
 from pyroflows.nn.velocity import UNet8  # noqa: E402
 
 
@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         context_dim=10,
         guidance_dropout=0.1,
     )
-    train(fm, images, args.steps, batch_size=128, lr=2e-3, context=onehot, labels=labels, seed=args.seed)
+    train_matcher(fm, images, args.steps, batch_size=128, lr=2e-3, context=onehot, labels=labels, seed=args.seed)
     reader = LogisticRegression(max_iter=2000).fit(images.flatten(1).numpy(), labels.numpy())
 
     wanted = torch.arange(10).repeat_interleave(20)

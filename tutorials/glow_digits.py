@@ -30,7 +30,7 @@ import torch  # noqa: E402
 
 from pyroflows.images import ImageFlow, glow  # noqa: E402
 from pyroflows.images.data import load_cifar10, load_digits_images, load_mnist  # noqa: E402
-from pyroflows.images.train import setup_distributed, train  # noqa: E402
+from pyroflows.images.train import setup_distributed, train_images  # noqa: E402
 
 
 def load(args, split):
@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     model = ImageFlow(flow, train_data.num_levels, args.dequantization).to(device)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    history = train(
+    history = train_images(
         model,
         images,
         epochs=args.epochs,

@@ -4,19 +4,19 @@ from pyroflows.discrete.autoregressive import AutoregressiveModel
 from pyroflows.discrete.data import MarkovSource, digits_tokens, ngram_distance
 from pyroflows.discrete.exact import ExactMarkovDenoiser
 from pyroflows.discrete.model import DiscreteFlowMatcher
-from pyroflows.discrete.paths import Cosine, KappaScheduler, MixturePath, Polynomial
-from pyroflows.discrete.train import train
+from pyroflows.discrete.paths import CosineKappa, KappaScheduler, MixturePath, PolynomialKappa
+from pyroflows.discrete.train import train_discrete
 
 __all__ = [
     "AutoregressiveModel",
-    "Cosine",
+    "CosineKappa",
     "DiscreteFlowMatcher",
     "ExactMarkovDenoiser",
     "KappaScheduler",
     "MarkovSource",
     "MixturePath",
-    "Polynomial",
+    "PolynomialKappa",
     "digits_tokens",
     "ngram_distance",
-    "train",
+    "train_discrete",
 ]

@@ -16,7 +16,7 @@ import math
 
 import torch
 
-__all__ = ["Cosine", "KappaScheduler", "MixturePath", "Polynomial"]
+__all__ = ["CosineKappa", "KappaScheduler", "MixturePath", "PolynomialKappa"]
 
 
 class KappaScheduler:
@@ -36,7 +36,7 @@ class KappaScheduler:
         return (low + high) / 2
 
 
-class Polynomial(KappaScheduler):
+class PolynomialKappa(KappaScheduler):
     """``kappa_t = t^n`` (``n = 1``: linear, the usual choice for a mask source)."""
 
     def __init__(self, n: float = 1.0) -> None:
@@ -51,10 +51,10 @@ class Polynomial(KappaScheduler):
         return kappa ** (1 / self.n)
 
     def __repr__(self) -> str:
-        return f"Polynomial(n={self.n})"
+        return f"PolynomialKappa(n={self.n})"
 
 
-class Cosine(KappaScheduler):
+class CosineKappa(KappaScheduler):
     """``kappa_t = sin^2(pi t / 2)``: slow at both ends."""
 
     def __call__(self, t):
@@ -64,7 +64,7 @@ class Cosine(KappaScheduler):
         return kappa.sqrt().asin() * (2 / math.pi)
 
     def __repr__(self) -> str:
-        return "Cosine()"
+        return "CosineKappa()"
 
 
 SOURCES = ("mask", "uniform")
@@ -90,7 +90,7 @@ class MixturePath:
         if source not in SOURCES:
             raise ValueError(f"source must be one of {SOURCES}, got {source!r}")
         self.vocab_size, self.source = vocab_size, source
-        self.scheduler = scheduler or Polynomial(1.0)
+        self.scheduler = scheduler or PolynomialKappa(1.0)
 
     @property
     def mask_token(self) -> int | None:

@@ -9,10 +9,10 @@ import torch
 
 from pyroflows.training import ExponentialAverage, Trainer, check_positive
 
-__all__ = ["train"]
+__all__ = ["train_discrete"]
 
 
-def train(
+def train_discrete(
     model: torch.nn.Module,
     data: torch.Tensor,
     steps: int,

@@ -24,12 +24,12 @@ from torch.nn.parallel import DistributedDataParallel
 from pyroflows.images.model import ImageFlow
 from pyroflows.training import Trainer, warmup_polynomial
 
-__all__ = ["ImageHistory", "save_image_grid", "setup_distributed", "train"]
+__all__ = ["ImageHistory", "save_image_grid", "setup_distributed", "train_images"]
 
 
 @dataclass
 class ImageHistory:
-    """What :func:`train` measured: per-step training bits/dim and learning
+    """What :func:`train_images` measured: per-step training bits/dim and learning
     rate; per-evaluation test bits/dim, per-layer mean log-dets, the
     reconstruction error ``max |x - f(f^{-1}(x))|`` and seconds per epoch."""
 
@@ -119,7 +119,7 @@ def _load_checkpoint(path: Path, device) -> dict:
     return state
 
 
-def train(
+def train_images(
     model: ImageFlow,
     train_data: torch.Tensor,
     *,

@@ -1,16 +1,16 @@
 """Continuous flow matching, OT couplings and rectified flow."""
 
-from pyroflows.matching.couplings import Coupling, ExactOT, Independent, LabelAwareOT, SinkhornOT
+from pyroflows.matching.couplings import ExactOT, Independent, LabelAwareOT, PairCoupling, SinkhornOT
 from pyroflows.matching.metrics import wasserstein2
 from pyroflows.matching.model import FlowMatcher
 from pyroflows.matching.paths import AffinePath, CondOT, Cosine, Scheduler, VariancePreserving
-from pyroflows.matching.train import distill, reflow, reflow_pairs, straightness, train
+from pyroflows.matching.train import distill, reflow, reflow_pairs, straightness, train_matcher
 
 __all__ = [
     "AffinePath",
     "CondOT",
     "Cosine",
-    "Coupling",
+    "PairCoupling",
     "ExactOT",
     "FlowMatcher",
     "Independent",
@@ -22,6 +22,6 @@ __all__ = [
     "reflow",
     "reflow_pairs",
     "straightness",
-    "train",
+    "train_matcher",
     "wasserstein2",
 ]

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
 
-__all__ = ["Coupling", "ExactOT", "Independent", "LabelAwareOT", "SinkhornOT"]
+__all__ = ["PairCoupling", "ExactOT", "Independent", "LabelAwareOT", "SinkhornOT"]
 
 
 def _check_pair(x_0: torch.Tensor, x_1: torch.Tensor) -> None:
@@ -29,7 +29,7 @@ def _squared_distances(x_0: torch.Tensor, x_1: torch.Tensor) -> np.ndarray:
     return torch.cdist(a, b).square().cpu().numpy()
 
 
-class Coupling:
+class PairCoupling:
     """Base class: the identity pairing (independent coupling)."""
 
     def __call__(self, x_0: torch.Tensor, x_1: torch.Tensor, labels: torch.Tensor | None = None):
@@ -40,7 +40,7 @@ class Coupling:
         return x_0, x_1
 
 
-class Independent(Coupling):
+class Independent(PairCoupling):
     """Pairs as drawn: ``x_0`` and ``x_1`` independent (plain conditional flow matching)."""
 
 
@@ -58,7 +58,7 @@ def _optimal_permutation(cost: np.ndarray) -> np.ndarray:
     return cols[np.argsort(rows)]
 
 
-class ExactOT(Coupling):
+class ExactOT(PairCoupling):
     """Minibatch exact optimal transport for the squared Euclidean cost."""
 
     def pair(self, x_0, x_1, labels):
@@ -66,7 +66,7 @@ class ExactOT(Coupling):
         return x_0, x_1[order]
 
 
-class LabelAwareOT(Coupling):
+class LabelAwareOT(PairCoupling):
     """Exact OT within each label (for class-conditional models): pairs never cross labels.
     Needs ``labels`` (integer, batch shape) for the data batch; returns the noise re-paired."""
 
@@ -82,7 +82,7 @@ class LabelAwareOT(Coupling):
         return x_0[order], x_1
 
 
-class SinkhornOT(Coupling):
+class SinkhornOT(PairCoupling):
     """Entropic OT (POT's Sinkhorn, regularisation ``reg`` relative to the mean cost);
     pairs drawn from the plan. Scales to batches where the exact solver is slow."""
 

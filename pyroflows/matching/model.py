@@ -23,7 +23,7 @@ from torch import nn
 from torchdiffeq import odeint
 
 from pyroflows.distributions import FlowDistribution
-from pyroflows.matching.couplings import Coupling, Independent
+from pyroflows.matching.couplings import Independent, PairCoupling
 from pyroflows.matching.paths import AffinePath
 from pyroflows.transforms.continuous import ADAPTIVE_SOLVERS, FIXED_STEP_SOLVERS, ContinuousFlow
 from pyroflows.validation import check_dtype, check_tolerances
@@ -68,7 +68,7 @@ class FlowMatcher(nn.Module):
         velocity: nn.Module,
         event_shape: Sequence[int],
         path: AffinePath | None = None,
-        coupling: Coupling | None = None,
+        coupling: PairCoupling | None = None,
         context_dim: int | None = None,
         guidance_dropout: float = 0.0,
         source: dist.Distribution | None = None,

@@ -9,7 +9,7 @@ import torch
 from pyroflows.matching.model import FlowMatcher
 from pyroflows.training import ExponentialAverage, Trainer, check_positive
 
-__all__ = ["distill", "reflow", "reflow_pairs", "straightness", "train"]
+__all__ = ["distill", "reflow", "reflow_pairs", "straightness", "train_matcher"]
 
 
 def _check_rows(name: str, value: torch.Tensor | None, n: int) -> None:
@@ -25,7 +25,7 @@ def _adam(module: torch.nn.Module, lr: float) -> torch.optim.Optimizer:
     return torch.optim.Adam(params, lr=lr, fused=fused or None)
 
 
-def train(
+def train_matcher(
     matcher: FlowMatcher,
     x_1: torch.Tensor,
     steps: int,
@@ -104,14 +104,14 @@ def reflow(
     history = []
     for _ in range(rounds):
         x_0, x_1 = reflow_pairs(matcher, num_pairs, steps=sample_steps)
-        history.append(train(matcher, x_1, steps, x_0=x_0, **train_options))
+        history.append(train_matcher(matcher, x_1, steps, x_0=x_0, **train_options))
     return history
 
 
 def distill(matcher: FlowMatcher, x_0: torch.Tensor, x_1: torch.Tensor, steps: int, **train_options) -> list[float]:
     """Distil pairs into a one-step generator ``x_1 = x_0 + v(x_0, 0)`` (train at ``t = 0``);
     sample it with ``matcher.sample(x_0, steps=1)``."""
-    return train(matcher, x_1, steps, x_0=x_0, one_step=True, **train_options)
+    return train_matcher(matcher, x_1, steps, x_0=x_0, one_step=True, **train_options)
 
 
 @torch.no_grad()
