@@ -50,6 +50,18 @@ def test_nfe_and_rnode_regularisers_are_exposed():
     assert (reg["kinetic"] >= (y - x).pow(2).sum(-1) - 1e-6).all()
 
 
+def test_solve_returns_what_it_measured_and_inverts():
+    flow = perturbed(regularize=True)
+    x = torch.randn(5, 3, dtype=torch.float64)
+    forward = flow.solve(x)
+    y, log_det = flow.forward_and_log_det(x)
+    torch.testing.assert_close((forward.value, forward.log_det), (y, log_det))
+    assert forward.nfe == flow.last_nfe > 0 and forward.regularization["kinetic"].shape == (5,)
+    back = flow.solve(forward.value, inverse=True)
+    torch.testing.assert_close((back.value, back.log_det), (x, -log_det), rtol=1e-4, atol=1e-4)
+    assert perturbed().solve(x).regularization == {}
+
+
 def test_regularisers_do_not_change_the_solve():
     x = torch.randn(5, 3, dtype=torch.float64)
     plain, regularized = perturbed(), perturbed(regularize=True)
@@ -106,8 +118,8 @@ def test_linearized_dynamics_equal_the_autograd_ones(trace, activation):
             super().__init__()
             self.net = net
 
-        def forward(self, t, x, context=None):
-            return self.net(t, x, context)
+        def forward(self, x, t, context=None):
+            return self.net(x, t, context)
 
     x, context = torch.randn(4, 3, dtype=torch.float64), torch.randn(4, 2, dtype=torch.float64)
     results = []

@@ -34,13 +34,13 @@ FIXED_STEP = FIXED_STEP_SOLVERS  # one list of solvers, kept with ContinuousFlow
 
 
 class _FlatVelocity(nn.Module):
-    """``f(t, x_flat, context)`` for :class:`ContinuousFlow` from a matcher's ``v(x, t, context)``."""
+    """The matcher's velocity on flattened samples, for :class:`ContinuousFlow`."""
 
     def __init__(self, matcher: FlowMatcher, context: torch.Tensor | None, guidance: float) -> None:
         super().__init__()
         self.matcher, self.context, self.guidance = matcher, context, guidance
 
-    def forward(self, t, x, context=None):
+    def forward(self, x, t, context=None):
         shape = x.shape[:-1] + self.matcher.event_shape
         return self.matcher.velocity_at(x.reshape(shape), t, self.context, self.guidance).reshape(x.shape)
 

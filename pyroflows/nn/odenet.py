@@ -23,7 +23,7 @@ class ConcatSquashLinear(nn.Module):
         self.gate = nn.Linear(1, out_features)
         self.shift = nn.Linear(1, out_features, bias=False)
 
-    def forward(self, t: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+    def forward(self, h: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         return F.linear(h, *self.gated(t))
 
     def gated(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -40,7 +40,7 @@ _SLOPES = {  # activation -> its derivative from its output
 
 
 class ConcatSquashMLP(nn.Module):
-    """Velocity field ``f(t, x, context)`` of concat-squash layers; the last
+    """Velocity field ``v(x, t, context)`` of concat-squash layers; the last
     layer starts at zero (identity flow). ``activation`` defaults to tanh,
     which trains markedly faster than softplus or ELU here (zero-centred; see
     ``benchmarks/free_form_2d.py``)."""
@@ -61,16 +61,16 @@ class ConcatSquashMLP(nn.Module):
         for p in (last.linear.weight, last.linear.bias, last.shift.weight):
             nn.init.zeros_(p)
 
-    def forward(self, t: torch.Tensor, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
         h = concat_context(x, context)
         for i, layer in enumerate(self.layers):
-            h = layer(t, h)
+            h = layer(h, t)
             if i < len(self.layers) - 1:
                 h = self.activation(h)
         return h
 
-    def linearize(self, t, x, context=None) -> tuple[torch.Tensor, Linearization] | None:
-        """``f(t, x)`` and its Jacobian in ``x`` (one pass; continuous flows take
+    def linearize(self, x, t, context=None) -> tuple[torch.Tensor, Linearization] | None:
+        """``v(x, t)`` and its Jacobian in ``x`` (one pass; continuous flows take
         traces from it without double backward), or ``None`` for an activation
         whose slope is not known here."""
         slope = _SLOPES.get(type(self.activation))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -12,7 +13,7 @@ from pyroflows.nn.odenet import ConcatSquashMLP
 from pyroflows.transforms.base import ConditionalFlowTransform, FlowTransform
 from pyroflows.validation import check_tolerances
 
-__all__ = ["ConditionalContinuousFlow", "ContinuousFlow"]
+__all__ = ["ConditionalContinuousFlow", "ContinuousFlow", "ODESolution"]
 
 
 ADAPTIVE_SOLVERS = ("dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun")  # torchdiffeq's, with rtol/atol
@@ -33,7 +34,7 @@ class _Dynamics(nn.Module):
 
     def forward(self, t, state, context: torch.Tensor | None, noise: torch.Tensor):
         x = state[0]
-        linear = self.velocity.linearize(t, x, context) if hasattr(self.velocity, "linearize") else None
+        linear = self.velocity.linearize(x, t, context) if hasattr(self.velocity, "linearize") else None
         if linear is not None:  # traces by matrix products: first-order autograd only
             f, jacobian = linear
             if self.trace == "exact":
@@ -47,7 +48,7 @@ class _Dynamics(nn.Module):
             return self._augment(f, div, frob)
         with torch.enable_grad():
             x = x if x.requires_grad else x.detach().requires_grad_(True)
-            f = self.velocity(t, x, context)
+            f = self.velocity(x, t, context)
             if self.trace == "exact":
                 rows = [torch.autograd.grad(f[..., i].sum(), x, create_graph=True)[0] for i in range(x.shape[-1])]
                 jac = torch.stack(rows, -2)
@@ -76,11 +77,20 @@ class _Solve(nn.Module):
         return self.dynamics(t, state, self.context, self.noise)
 
 
-class ContinuousFlow(FlowTransform):
-    """FFJORD: ``dx/dt = f(t, x)`` from ``t = 0`` (base) to ``t = 1`` (data),
-    :math:`\\log|\\det \\partial x_1 / \\partial x_0| = \\int_0^1 \\mathrm{tr}\\,\\partial f / \\partial x\\, dt`.
+class ODESolution(NamedTuple):
+    """What one :meth:`ContinuousFlow.solve` measured."""
 
-    Any velocity module ``f(t, x, context)`` works (flow-matching models reuse
+    value: torch.Tensor
+    log_det: torch.Tensor
+    nfe: int
+    regularization: dict[str, torch.Tensor]
+
+
+class ContinuousFlow(FlowTransform):
+    """FFJORD: ``dx/dt = v(x, t)`` from ``t = 0`` (base) to ``t = 1`` (data),
+    :math:`\\log|\\det \\partial x_1 / \\partial x_0| = \\int_0^1 \\mathrm{tr}\\,\\partial v / \\partial x\\, dt`.
+
+    Any velocity module ``v(x, t, context)`` works (flow-matching models reuse
     this transform); the default is a concat-squash MLP that starts at zero,
     so the flow starts at the identity. Both directions cost one ODE solve
     (torchdiffeq ``odeint``, or ``odeint_adjoint`` with ``adjoint=True``).
@@ -100,7 +110,10 @@ class ContinuousFlow(FlowTransform):
         adjoint: integrate gradients backwards (``odeint_adjoint``): memory
             flat in the number of steps.
 
-    After each call :attr:`last_nfe` holds the number of velocity evaluations.
+    :meth:`solve` returns a solve's end point, log-det, number of velocity
+    evaluations and penalties together. Inside a composed flow or a
+    distribution, where a transform returns only its output, each solve also
+    leaves them in :attr:`last_nfe` and :attr:`last_regularization`.
 
     Example:
         >>> flow = ContinuousFlow(2, hidden_dims=(16,))
@@ -138,6 +151,13 @@ class ContinuousFlow(FlowTransform):
         self.last_nfe = 0
         self.last_regularization: dict[str, torch.Tensor] = {}
 
+    def solve(self, value: torch.Tensor, context: torch.Tensor | None = None, inverse: bool = False) -> ODESolution:
+        """One ODE solve, base to data (data to base with ``inverse``), and
+        everything it measured: the end point, the log-det of the map it
+        took, the number of velocity evaluations and (with ``regularize``) the
+        RNODE penalties. No validation: ``value`` is ``(..., input_dim)``."""
+        return ODESolution(*self._solve(value, context, *((1.0, 0.0) if inverse else (0.0, 1.0))))
+
     def _solve(self, value: torch.Tensor, context, t0: float, t1: float):
         dyn = self.dynamics
         if context is not None:
@@ -165,19 +185,17 @@ class ContinuousFlow(FlowTransform):
             )
         else:
             out = odeint(solve, state, times, rtol=self.rtol, atol=self.atol, method=self.method, options=options)
-        self.last_nfe = solve.nfe
         final = [o[-1] for o in out]
-        if dyn.regularize:
-            self.last_regularization = {"kinetic": final[2].abs(), "jacobian_frobenius": final[3].abs()}
-        return final[0], final[1]
+        penalties = {"kinetic": final[2].abs(), "jacobian_frobenius": final[3].abs()} if dyn.regularize else {}
+        self.last_nfe, self.last_regularization = solve.nfe, penalties
+        return final[0], final[1], solve.nfe, penalties
 
     def _forward_and_log_det(self, x, context):
-        y, integral = self._solve(x, context, 0.0, 1.0)
-        return y, integral
+        return tuple(self.solve(x, context)[:2])
 
     def _inverse_and_log_det(self, y, context):
-        x, integral = self._solve(y, context, 1.0, 0.0)
-        return x, -integral
+        x, log_det = self.solve(y, context, inverse=True)[:2]
+        return x, -log_det  # the forward map's log-det at x
 
 
 class ConditionalContinuousFlow(ConditionalFlowTransform):
