@@ -1,6 +1,6 @@
 """Seeded 2-D toy densities used across the flow literature (FFJORD's set).
 
-Example:
+Examples:
     >>> x = toy_2d("moons", 1000, seed=0)
     >>> x.shape, x.dtype
     (torch.Size([1000, 2]), torch.float32)
@@ -16,7 +16,7 @@ TOY_2D = ("8gaussians", "checkerboard", "2spirals", "moons")
 
 
 def toy_2d(name: str, n: int, seed: int = 0) -> torch.Tensor:
-    """Draw ``n`` points of toy density ``name`` (one of :data:`TOY_2D`)."""
+    """Draw ``n`` points of toy density ``name`` (one of `TOY_2D`)."""
     if name not in TOY_2D:
         raise ValueError(f"unknown toy density {name!r}; expected one of {TOY_2D}")
     if not isinstance(n, int) or n < 1:

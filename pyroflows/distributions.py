@@ -7,7 +7,7 @@ calling each layer's fused inverse-and-log-det, and is otherwise the same
 Pyro distribution (``rsample``, ``sample``, ``expand``, use in models and
 guides).
 
-Example:
+Examples:
     >>> import pyro.distributions as dist
     >>> import pyroflows
     >>> base = dist.Normal(torch.zeros(2), torch.ones(2)).to_event(1)

@@ -4,7 +4,7 @@ Each returns a Pyro ``ComposeTransformModule`` (or, with ``context_dim``, a
 ``ConditionalComposeTransformModule``) for ``dist.TransformedDistribution``
 (or ``dist.ConditionalTransformedDistribution``).
 
-Example:
+Examples:
     >>> import pyro.distributions as dist
     >>> flow = nsf(2, num_transforms=2)
     >>> d = dist.TransformedDistribution(dist.Normal(torch.zeros(2), 1.0).to_event(1), flow)
@@ -79,7 +79,7 @@ def nice(
     mask: str | torch.Tensor = "alternating",
 ):
     """NICE (arXiv:1410.8516): additive couplings of alternating parity, then
-    a learned diagonal scaling (:class:`ActNorm`), since additive couplings
+    a learned diagonal scaling (`ActNorm`), since additive couplings
     alone preserve volume."""
     _check(input_dim, num_transforms)
     layers = _couplings(
@@ -174,9 +174,9 @@ def nsf(
             ``input_dim >= 2``) or ``"autoregressive"``.
         transform_copied: coupling variant only: each layer also passes its
             copied half through an unconditional spline with free parameters
-            (see :class:`~pyroflows.transforms.SplineCoupling`).
+            (see `SplineCoupling`).
         spline_direction: coupling variant only: ``"data_to_base"`` (the
-            default: each layer is an :class:`~pyroflows.transforms.Inverse`
+            default: each layer is an `Inverse`
             coupling whose splines map data to base, as in the NSF paper,
             nflows, normflows and zuko; it fits 2-D densities better) or
             ``"base_to_data"`` (Pyro's ``spline_coupling`` convention). Both
@@ -222,7 +222,7 @@ def resflow(
     max_iterations: int = 200,
 ):
     """Residual flow (arXiv:1906.02735): residual blocks ``x = y + g(y)`` with
-    Lip(g) <= ``coeff`` < 1, each followed by an :class:`ActNorm` (data
+    Lip(g) <= ``coeff`` < 1, each followed by an `ActNorm` (data
     initialised) when ``actnorm``. Density evaluation is one pass per block;
     sampling solves a fixed point per block. ``log_det`` defaults to the
     unbiased Russian-roulette estimator; pass ``LogDetEstimator("exact")`` for
@@ -291,7 +291,7 @@ EXACT_LOG_DET_MAX_DIM = 16  # resflow preset: exact log-det up to this latent si
 
 
 def default_options(flow: str, latent_dim: int) -> dict:
-    """The flow options :class:`~pyroflows.infer.AutoFlow` uses for ``latent_dim`` latents.
+    """The flow options `AutoFlow` uses for ``latent_dim`` latents.
 
     | option | default |
     |---|---|
@@ -318,7 +318,7 @@ def latent_flow(name: str, dim: int, **options) -> ComposeTransformModule:
     """Preset ``name`` over ``dim`` latents, built to work without data (flow
     guides and priors): in 1-D, where no coupling or autoregressive structure
     exists, an elementwise spline (``count_bins`` 16 and ``bound`` 5 unless
-    given); :class:`ActNorm` layers start at the identity instead of waiting
+    given); `ActNorm` layers start at the identity instead of waiting
     for a first batch."""
     if name not in PRESETS:
         raise ValueError(f"flow must be one of {sorted(PRESETS)}, got {name!r}")

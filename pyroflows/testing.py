@@ -1,9 +1,10 @@
 """The transform contract as executable checks (public).
 
-Describe a layer with a :class:`TransformCase` and run :func:`check_transform`
+Describe a layer with a `TransformCase` and run `check_transform`
 (or each ``check_*`` on its own). The project's own tests run every public
-layer through these; third-party layers can do the same::
+layer through these; third-party layers can do the same.
 
+Examples:
     >>> from pyroflows.transforms import AffineCoupling
     >>> case = TransformCase("affine", lambda: AffineCoupling(3), identity_at_init=True)
     >>> check_transform(case)
@@ -29,7 +30,7 @@ class TransformCase:
 
     Args:
         name: test id.
-        build: makes a fresh :class:`FlowTransform` or :class:`ConditionalFlowTransform`.
+        build: makes a fresh `FlowTransform` or `ConditionalFlowTransform`.
         covers: public classes this case stands for (default: the built type).
         inverse_atol: inverse tolerance in float64 (1e-6 for analytic inverses).
         inverse_atol_float32: the same in float32 (steep splines amplify

@@ -1,5 +1,5 @@
 """The one training engine every family uses (the VI fit, flow matching,
-discrete flow matching, image training): :class:`Trainer` owns the loop's
+discrete flow matching, image training): `Trainer` owns the loop's
 shared pieces (non-finite detection, gradient clipping, the learning-rate
 schedule, weight averaging, early stopping, ``max_seconds``, progress) and
 each family keeps only its loss and its batches.
@@ -109,11 +109,11 @@ class IterateAverage:
 
 class ExponentialAverage:
     """Exponential moving average of the parameters, starting from their
-    values at :meth:`begin`; the decay is warmed up as
+    values at `begin`; the decay is warmed up as
     ``min(decay, (1 + n) / (10 + n))`` after ``n`` updates, so short runs are
     not pulled back to the initial weights.
 
-    Example:
+    Examples:
         >>> w = torch.nn.Parameter(torch.zeros(()))
         >>> average = ExponentialAverage(decay=0.5)
         >>> average.begin([w])
@@ -158,19 +158,19 @@ def _params(optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
 
 class Trainer:
     """The training loop's shared half: the caller computes each step's loss
-    (its batches, its model) and hands it to :meth:`step`, which does the rest.
+    (its batches, its model) and hands it to `step`, which does the rest.
 
     ``schedule(step, done)`` multiplies each group's initial learning rate
     (``done``: the larger of the fraction of steps and of ``max_seconds``
     spent); ``clip_norm`` clips the global gradient norm; ``average`` (an
-    :class:`IterateAverage` or :class:`ExponentialAverage`) is what the
-    parameters hold after :meth:`close`; ``early_stopping`` (patience in steps)
+    `IterateAverage` or `ExponentialAverage`) is what the
+    parameters hold after `close`; ``early_stopping`` (patience in steps)
     and ``max_seconds`` end the run early. A NaN or infinite loss or gradient
-    raises :class:`NonFiniteLossError` naming ``loss_name``, the step and ``advice``; with
+    raises `NonFiniteLossError` naming ``loss_name``, the step and ``advice``; with
     ``restore`` the parameters are first put back to those that gave the last
     finite loss.
 
-    Example:
+    Examples:
         >>> w = torch.nn.Parameter(torch.tensor(3.0))
         >>> trainer = Trainer(torch.optim.SGD([w], lr=0.1), steps=100, progress=False)
         >>> while not trainer.step((w - 1) ** 2):
@@ -227,7 +227,7 @@ class Trainer:
 
     def fail(self, what: str, error: BaseException | None = None) -> None:
         """Restore the last good parameters (with ``restore``) and raise
-        :class:`NonFiniteLossError` saying ``what`` was not finite."""
+        `NonFiniteLossError` saying ``what`` was not finite."""
         restored = ""
         if self.restore and self.params:
             with torch.no_grad():

@@ -1,8 +1,9 @@
 """Input validation switch and the checks shared by every layer.
 
 Validation is on by default. Turn it off for speed once a model is known to be
-well-formed::
+well-formed.
 
+Examples:
     >>> import pyroflows
     >>> pyroflows.set_validation(False)
     >>> pyroflows.validation_enabled()

@@ -78,7 +78,7 @@ def draw(model, guide, *args, num_samples: int = 1000, batch_size: int = 500, **
     ``model`` and ``guide``, ``batch_size`` draws at a time (vectorised with a
     plate left of the model's plates).
 
-    Example:
+    Examples:
         >>> import pyro, pyro.distributions as dist
         >>> from pyro.infer.autoguide import AutoNormal
         >>> def model():

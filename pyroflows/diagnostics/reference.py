@@ -67,7 +67,7 @@ def compare(
     computed after whitening both with the reference mean and covariance, on
     at most ``max_energy_draws`` draws of each.
 
-    Example:
+    Examples:
         >>> rng = np.random.default_rng(0)
         >>> c = compare({"a": rng.normal(size=4000)}, {"a": rng.normal(size=4000)})
         >>> c.passes()

@@ -14,12 +14,12 @@ __all__ = ["AutoregressiveModel"]
 
 
 class AutoregressiveModel(nn.Module):
-    """``p(x) = prod_i p(x_i | x_<i)`` by a causal :class:`SequenceTransformer`
+    """``p(x) = prod_i p(x_i | x_<i)`` by a causal `SequenceTransformer`
     (the same backbone as the flow-matching models, so sizes compare directly).
     Its inputs are shifted by one (a start symbol first): pair offsets ``(-1, 0)``
     embed ``(x[i-2], x[i-1])`` at the position predicting ``x[i]``.
 
-    Example:
+    Examples:
         >>> model = AutoregressiveModel(5, length=6, dim=16, depth=1, heads=2)
         >>> model.log_prob(model.sample(4)).shape
         torch.Size([4])

@@ -15,7 +15,7 @@ class MarkovSource:
     chain's stationary distribution over ``order``-grams, so every position has
     the same marginal.
 
-    Example:
+    Examples:
         >>> source = MarkovSource(vocab_size=5, order=2, seed=0)
         >>> x = source.sample(3, length=10)
         >>> source.log_prob(x).shape

@@ -1,8 +1,8 @@
-"""The exact denoiser of a :class:`MarkovSource`: what a perfect network would return.
+"""The exact denoiser of a `MarkovSource`: what a perfect network would return.
 
 Given a sequence with some positions masked, forward-backward over the chain's
 ``order``-gram states gives ``log p(x^i = v | unmasked positions)`` at every
-position, exactly. Plugged into :class:`DiscreteFlowMatcher` it separates the
+position, exactly. Plugged into `DiscreteFlowMatcher` it separates the
 sampler's own error (several positions drawn independently in one step) from
 the network's: samples from it show the floor a given number of steps allows.
 """
@@ -19,7 +19,7 @@ __all__ = ["ExactMarkovDenoiser"]
 
 
 class ExactMarkovDenoiser(nn.Module):
-    """``(x_t, t) -> log p(x_1^i | x_t)`` for a mask-source path over a :class:`MarkovSource`.
+    """``(x_t, t) -> log p(x_1^i | x_t)`` for a mask-source path over a `MarkovSource`.
 
     ``t`` is ignored: with a mask source the posterior depends on ``x_t`` alone.
     Tokens equal to ``vocab_size`` (the path's mask token) are unobserved; the
@@ -27,7 +27,7 @@ class ExactMarkovDenoiser(nn.Module):
     (a point mass at observed positions). Costs ``length * vocab_size**(order + 1)``
     multiply-adds per sequence.
 
-    Example:
+    Examples:
         >>> source = MarkovSource(vocab_size=4, order=2, seed=0)
         >>> x = torch.tensor([[0, 4, 4, 1, 2]])  # 4 is the mask
         >>> p = ExactMarkovDenoiser(source, length=5)(x).exp()

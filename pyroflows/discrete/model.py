@@ -13,7 +13,7 @@ Losses, per position, with ``lambda_t = kappa_t' / (1 - kappa_t)``:
   ``lambda_t [1 - p(x_t^i | x_t) - 1(x_t^i != x_1^i) (1 + log p(x_1^i | x_t))]``.
 
 Its integral over ``t`` bounds the negative log-likelihood of a sequence
-(:meth:`DiscreteFlowMatcher.elbo`). With a mask source, unmasked positions copy
+(`DiscreteFlowMatcher.elbo`). With a mask source, unmasked positions copy
 their token (the posterior there is a point mass), so only masked positions count.
 """
 
@@ -46,16 +46,16 @@ class DiscreteFlowMatcher(Sampler, nn.Module):
         net: ``net(x_t, t) -> logits`` with ``x_t`` int64 of shape ``(batch, length)``
             (values below ``path.input_vocab_size``), ``t`` of shape ``(batch,)``,
             logits of shape ``(batch, length, vocab_size)``.
-        path: the :class:`MixturePath` (vocabulary, source, scheduler).
+        path: the `MixturePath` (vocabulary, source, scheduler).
         length: sequence length.
         self_condition: self-conditioning (Chen et al. 2022): the network also reads
             ``beliefs``, its own earlier posterior probabilities (zero at visible positions
             of a mask source), as ``net(x_t, t, beliefs)``. Training feeds a first pass's
             beliefs (no gradient) to half of each batch and zeros to the rest; the sampler
-            feeds the previous step's (one call per step); :meth:`logits` (hence the
+            feeds the previous step's (one call per step); `logits` (hence the
             bounds) makes two calls, the second reading the first's beliefs.
 
-    Example:
+    Examples:
         >>> from pyroflows.nn.tokens import SequenceTransformer
         >>> path = MixturePath(5, "mask")
         >>> net = SequenceTransformer(path.input_vocab_size, 8, out_vocab_size=5, dim=16, depth=1, heads=2)
@@ -174,7 +174,7 @@ class DiscreteFlowMatcher(Sampler, nn.Module):
         generator: torch.Generator | None = None,
     ) -> torch.Tensor:
         """An importance-weighted upper bound on ``-log p(x_1)`` (nats, one per
-        sequence) for a mask source, tighter than :meth:`elbo` as ``num_samples`` grows.
+        sequence) for a mask source, tighter than `elbo` as ``num_samples`` grows.
 
         In continuous time each position unmasks at its own time ``T_i`` (``kappa_{T_i}``
         uniform) and then draws its token given the positions unmasked before it, so

@@ -77,7 +77,7 @@ class MixturePath:
     models read ``vocab_size + 1`` input symbols); ``source="uniform"`` starts at
     uniform random tokens.
 
-    Example:
+    Examples:
         >>> path = MixturePath(4, "mask")
         >>> x_1 = torch.tensor([[0, 1, 2, 3]])
         >>> path.sample(path.sample_source(x_1.shape), x_1, torch.ones(1))

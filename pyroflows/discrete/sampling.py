@@ -1,4 +1,4 @@
-"""Sampling from a :class:`~pyroflows.discrete.DiscreteFlowMatcher`: CTMC
+"""Sampling from a `DiscreteFlowMatcher`: CTMC
 Euler (tau-leaping) with an optional corrector, ordered unmasking, and the
 exact log-probability of ordered unmasking. A mixin: the matcher owns the
 network, the path and the sequence length."""
@@ -44,7 +44,7 @@ def _gumbel_sample(logits: torch.Tensor, generator: torch.Generator | None) -> t
 
 
 class Sampler:
-    """The samplers of :class:`~pyroflows.discrete.DiscreteFlowMatcher` (see there)."""
+    """The samplers of `DiscreteFlowMatcher` (see there)."""
 
     @torch.no_grad()
     def sample(
@@ -119,7 +119,7 @@ class Sampler:
         self, x_1: torch.Tensor, steps: int | None = None, order: str = "entropy", batch_size: int = 1024
     ) -> torch.Tensor:
         """The exact log-probability of ``x_1`` (one per sequence, nats) under ordered
-        unmasking (:meth:`sample` with this deterministic ``order`` and ``steps``, default
+        unmasking (`sample` with this deterministic ``order`` and ``steps``, default
         ``length``; temperature 1, no filtering). Each step's positions are a function of
         the tokens already revealed, so replaying ``x_1``'s tokens yields every factor.
         On data it is a likelihood in nats (like an autoregressive model's); on the

@@ -28,14 +28,14 @@ def train_discrete(
 ) -> list[float]:
     """Adam on ``model.loss(batch, loss)`` over random minibatches of ``data`` (int64 rows).
 
-    Works for :class:`~pyroflows.discrete.DiscreteFlowMatcher` (``loss`` ``"ce"``
-    or ``"kl"``) and :class:`~pyroflows.discrete.AutoregressiveModel` (``"nll"``).
+    Works for `DiscreteFlowMatcher` (``loss`` ``"ce"``
+    or ``"kl"``) and `AutoregressiveModel` (``"nll"``).
     Stops after ``steps`` steps or ``max_seconds`` of wall time, whichever comes
     first. With ``ema`` the model ends with an exponential moving average of its
-    weights (:class:`~pyroflows.training.ExponentialAverage`). With ``decay`` each learning
+    weights (`ExponentialAverage`). With ``decay`` each learning
     rate follows a cosine from its initial value to zero over the run, whose progress is the larger
     of the step fraction and the fraction of ``max_seconds`` spent. Raises
-    :class:`~pyroflows.training.NonFiniteLossError` on a NaN/Inf loss.
+    `NonFiniteLossError` on a NaN/Inf loss.
     Returns the losses."""
     check_positive("steps", steps, numbers.Integral)
     check_positive("batch_size", batch_size, numbers.Integral)

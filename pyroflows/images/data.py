@@ -32,7 +32,7 @@ def load_digits_images(split: str = "train", test_fraction: float = 0.2, seed: i
     """scikit-learn's 8x8 digits (17 grey levels, 0..16), split at random into
     train and test with ``seed``. Needs scikit-learn (in the ``dev`` extra).
 
-    Example:
+    Examples:
         >>> data = load_digits_images("test")
         >>> data.images.shape, data.num_levels
         (torch.Size([359, 1, 8, 8]), 17)

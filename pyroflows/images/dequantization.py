@@ -4,8 +4,9 @@ into a bound on the probability of discrete pixels.
 For pixels ``x`` in ``{0, ..., K-1}^D`` and noise ``v`` in ``[0, 1)^D`` from
 ``q(v | x)``, with ``u = (x + v) / K``:
 
-.. math::
-    \\log P(x) \\ge \\mathbb{E}_{q}\\left[\\log p(u) - D \\log K - \\log q(v \\mid x)\\right]
+$$
+\\log P(x) \\ge \\mathbb{E}_{q}\\left[\\log p(u) - D \\log K - \\log q(v \\mid x)\\right]
+$$
 
 Uniform noise has ``log q = 0`` (Theis et al., arXiv:1511.01844); variational
 dequantisation learns ``q`` (Flow++, Ho et al., arXiv:1902.00275).
@@ -39,12 +40,13 @@ class UniformDequantization(nn.Module):
 class VariationalDequantization(nn.Module):
     """Learned dequantising noise (Flow++, arXiv:1902.00275, sec. 3.1):
     ``v = sigmoid(g(eps; x))`` with ``eps ~ N(0, I)`` and ``g`` a flow of
-    checkerboard :class:`~pyroflows.transforms.ImageCoupling` layers whose
+    checkerboard `ImageCoupling` layers whose
     conditioners read features of ``x``:
 
-    .. math::
-        \\log q(v \\mid x) = \\log \\mathcal{N}(\\epsilon) - \\log|\\det \\partial g / \\partial \\epsilon|
-        - \\sum_i \\log \\sigma'(g_i)
+    $$
+    \\log q(v \\mid x) = \\log \\mathcal{N}(\\epsilon) - \\log|\\det \\partial g / \\partial \\epsilon|
+    - \\sum_i \\log \\sigma'(g_i)
+    $$
 
     Args:
         input_shape: ``(C, H, W)``.
@@ -53,7 +55,7 @@ class VariationalDequantization(nn.Module):
         hidden_channels: width of the conditioners and the feature network.
         feature_channels: channels of the features of ``x``.
 
-    Example:
+    Examples:
         >>> deq = VariationalDequantization((1, 8, 8), num_levels=17, num_steps=2, hidden_channels=8)
         >>> x = torch.randint(0, 17, (4, 1, 8, 8)).float()
         >>> v, log_q = deq(x, deq.draw(x.shape))

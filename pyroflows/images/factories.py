@@ -1,6 +1,6 @@
 """Factories for multi-scale image flows: Glow, RealNVP and residual flows
 (levels that squeeze, then a stack of layers, with half the channels factored
-out between levels; see :class:`~pyroflows.images.multiscale.MultiScaleFlow`)."""
+out between levels; see `MultiScaleFlow`)."""
 
 from __future__ import annotations
 
@@ -58,12 +58,12 @@ def glow(
     seed: int | None = None,
 ) -> MultiScaleFlow:
     """Glow (Kingma & Dhariwal, arXiv:1807.03039): ``num_scales`` levels of
-    squeeze and ``steps_per_scale`` :class:`~pyroflows.transforms.GlowStep`,
+    squeeze and ``steps_per_scale`` `GlowStep`,
     with half the channels factored out after each level but the last.
     Couplings use Glow's sigmoid scale by default (``transform``, see
-    :class:`~pyroflows.transforms.ImageCoupling`).
+    `ImageCoupling`).
 
-    Example:
+    Examples:
         >>> flow = glow((1, 8, 8), num_scales=2, steps_per_scale=4, hidden_channels=16)
         >>> tuple(tuple(level[0].event_shape) for level in flow.levels)
         ((4, 4, 4), (8, 2, 2))
@@ -93,10 +93,10 @@ def realnvp_image(
     """Multi-scale RealNVP (Dinh et al., arXiv:1605.08803, sec. 3.6): each
     scale is three checkerboard couplings, a squeeze and three channel
     couplings, then half the channels are factored out; the last scale is
-    four checkerboard couplings. An :class:`~pyroflows.transforms.ActNorm`
+    four checkerboard couplings. An `ActNorm`
     follows each coupling (in place of the paper's batch norm).
 
-    Example:
+    Examples:
         >>> flow = realnvp_image((1, 8, 8), num_scales=2, hidden_channels=16, num_blocks=1)
         >>> tuple(tuple(level[-1].output_shape) for level in flow.levels)
         ((1, 8, 8), (2, 4, 4))
@@ -130,11 +130,11 @@ def resflow_image(
 ) -> MultiScaleFlow:
     """A multi-scale residual flow (Residual Flows, arXiv:1906.02735): each
     scale squeezes and applies ``blocks_per_scale`` pairs of
-    :class:`~pyroflows.transforms.ActNorm` and
-    :class:`~pyroflows.transforms.ConvResidual` (unbiased Russian-roulette
+    `ActNorm` and
+    `ConvResidual` (unbiased Russian-roulette
     log-dets by default), with half the channels factored out between scales.
 
-    Example:
+    Examples:
         >>> flow = resflow_image((1, 8, 8), num_scales=2, blocks_per_scale=1, hidden_channels=8)
         >>> flow.log_prob(torch.rand(2, 1, 8, 8)).shape
         torch.Size([2])

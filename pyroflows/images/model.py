@@ -16,11 +16,11 @@ __all__ = ["ImageFlow"]
 
 class ImageFlow(nn.Module):
     """Pixels ``x`` in ``{0, ..., K-1}`` -> dequantised ``u = (x + v) / K`` ->
-    a preprocessing bijection -> a :class:`MultiScaleFlow`.
+    a preprocessing bijection -> a `MultiScaleFlow`.
 
     ``log_prob`` is the dequantisation bound on ``log P(x)`` (see
-    :mod:`pyroflows.images.dequantization`) with every log-det counted,
-    including the preprocessing's, so :meth:`bits_per_dim` is an honest
+    `pyroflows.images.dequantization`) with every log-det counted,
+    including the preprocessing's, so `bits_per_dim` is an honest
     upper bound on the code length of the discrete data.
 
     Args:
@@ -28,10 +28,10 @@ class ImageFlow(nn.Module):
         num_levels: ``K`` (17 for scikit-learn's digits, 256 for 8-bit images).
         dequantization: ``"uniform"``, ``"variational"`` or a module with
             ``draw`` and ``forward`` (see the dequantisation classes).
-        preprocess: ``"logit"`` (:class:`~pyroflows.transforms.Logit` with
+        preprocess: ``"logit"`` (`Logit` with
             ``alpha``) or ``"center"`` (``u - 1/2``, log-det 0).
 
-    Example:
+    Examples:
         >>> from pyroflows.images import glow
         >>> model = ImageFlow(glow((1, 8, 8), steps_per_scale=2, hidden_channels=8), num_levels=17)
         >>> x = torch.randint(0, 17, (8, 1, 8, 8))
@@ -116,7 +116,7 @@ class ImageFlow(nn.Module):
 
     def bits_per_dim(self, x: torch.Tensor, num_samples: int = 1) -> torch.Tensor:
         """Mean bits/dim over ``x``. With ``num_samples > 1`` the bound is the
-        importance-weighted one, :math:`\\log \\frac1S \\sum_s P(x, v_s)/q(v_s|x)`, tighter."""
+        importance-weighted one, $\\log \\frac1S \\sum_s P(x, v_s)/q(v_s|x)$, tighter."""
         if not isinstance(num_samples, int) or num_samples < 1:
             raise ValueError(f"num_samples must be a positive int, got {num_samples!r}")
         draws = torch.stack([self.log_prob(x) for _ in range(num_samples)])

@@ -69,18 +69,18 @@ class MultiScaleFlow(nn.Module):
 
     Each level is a stack of layers in base -> data order (as
     ``ComposeTransformModule`` lists them), usually ending with an
-    :class:`~pyroflows.transforms.Unsqueeze`, so that in the data -> base
+    `Unsqueeze`, so that in the data -> base
     direction it squeezes first. After every level but the last, the first
     half of the channels goes on and the second half is factored out to a
-    :class:`SplitPrior` conditioned on the first; the last level's output
-    goes to a learned :class:`GaussianPrior`. Density evaluation is one
+    `SplitPrior` conditioned on the first; the last level's output
+    goes to a learned `GaussianPrior`. Density evaluation is one
     conditioner pass per layer; so is sampling.
 
     Args:
         levels: the layers of each level, base -> data order; level ``i+1``
             takes the kept half of level ``i``'s output.
 
-    Example:
+    Examples:
         >>> from pyroflows.images import glow
         >>> flow = glow((1, 8, 8), num_scales=2, steps_per_scale=2, hidden_channels=8)
         >>> flow.log_prob(torch.rand(4, 1, 8, 8)).shape
@@ -137,7 +137,7 @@ class MultiScaleFlow(nn.Module):
         return latents, kept, total
 
     def decode(self, latents: Sequence[torch.Tensor]) -> torch.Tensor:
-        """Latents -> data, the inverse of :meth:`encode`."""
+        """Latents -> data, the inverse of `encode`."""
         return self._decode(latents[-1], lambda i, h: latents[i])
 
     def _decode(self, h, factored):
@@ -162,7 +162,7 @@ class MultiScaleFlow(nn.Module):
         return self.rsample(n, temperature)
 
     def rsample(self, n: int, temperature: float = 1.0) -> torch.Tensor:
-        """Like :meth:`sample`, differentiable in the parameters (reparametrised)."""
+        """Like `sample`, differentiable in the parameters (reparametrised)."""
         if not isinstance(n, int) or n < 1:
             raise ValueError(f"n must be a positive int, got {n!r}")
         if not temperature > 0:
@@ -179,10 +179,10 @@ class MultiScaleFlow(nn.Module):
 
 
 class MultiScaleDistribution(dist.TorchDistribution):
-    """A :class:`MultiScaleFlow` as a Pyro distribution with event shape
+    """A `MultiScaleFlow` as a Pyro distribution with event shape
     ``(C, H, W)``: exact ``log_prob``, and ``rsample`` through the flow.
 
-    Example:
+    Examples:
         >>> from pyroflows.images import glow
         >>> flow = glow((1, 4, 4), num_scales=1, steps_per_scale=1, hidden_channels=4)
         >>> d = flow.distribution()

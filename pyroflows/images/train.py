@@ -1,4 +1,4 @@
-"""Maximum-likelihood training of an :class:`~pyroflows.images.ImageFlow`.
+"""Maximum-likelihood training of an `ImageFlow`.
 
 One process, or many under ``torchrun`` (DistributedDataParallel; gloo on
 CPU, NCCL on CUDA). Every random draw (batch order, dequantisation noise) comes
@@ -29,7 +29,7 @@ __all__ = ["ImageHistory", "save_image_grid", "setup_distributed", "train_images
 
 @dataclass
 class ImageHistory:
-    """What :func:`train_images` measured: per-step training bits/dim and learning
+    """What `train_images` measured: per-step training bits/dim and learning
     rate; per-evaluation test bits/dim, per-layer mean log-dets, the
     reconstruction error ``max |x - f(f^{-1}(x))|`` and seconds per epoch."""
 
@@ -141,14 +141,14 @@ def train_images(
     """Train ``model`` by maximum likelihood (bits/dim) with Adam.
 
     The learning rate warms up linearly over ``warmup_steps`` and then decays
-    polynomially (:func:`~pyroflows.training.warmup_polynomial`); gradients are
+    polynomially (`warmup_polynomial`); gradients are
     clipped to norm ``clip_grad``. Every ``eval_every`` epochs it records test
     bits/dim, per-layer log-dets and the reconstruction error, writes a grid of
     samples at ``temperature`` to ``samples`` (a PNG path) and saves
     ``checkpoint``, from which a later run resumes exactly. ActNorm layers
     initialise on the first batch. Under ``torchrun`` each rank takes its share
     of every batch; only rank 0 writes files. A NaN or Inf loss raises
-    :class:`~pyroflows.training.NonFiniteLossError`.
+    `NonFiniteLossError`.
     ``callback(epoch, history)`` runs after every epoch; returning ``True``
     stops the run there (a later call with the same ``checkpoint`` resumes it).
     """

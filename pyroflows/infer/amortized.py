@@ -43,14 +43,16 @@ class AmortizedFlow(PyroModule):
     opens the plate itself (so its subsample indices drive the model's) and
     reads the data through ``data(*args, **kwargs)``.
 
-    Combine it with :class:`AutoFlow` over the globals (hide the local site
+    Combine it with `AutoFlow` over the globals (hide the local site
     from that one) in a guide that calls both (not ``AutoGuideList``, which
-    opens the plate itself)::
+    opens the plate itself):
 
-        global_guide = AutoFlow(poutine.block(model, hide=["z"]), warm_start=None)
-        def guide(x):
-            global_guide(x)
-            local_guide(x)
+    ```python
+    global_guide = AutoFlow(poutine.block(model, hide=["z"]), warm_start=None)
+    def guide(x):
+        global_guide(x)
+        local_guide(x)
+    ```
 
     Args:
         site: name of the local latent site; its value has shape (latent_dim,).
@@ -64,7 +66,7 @@ class AmortizedFlow(PyroModule):
         count_bins: spline bins.
         bound: the spline box is [-bound, bound].
 
-    Example:
+    Examples:
         >>> enc = nn.Sequential(nn.Linear(3, 8), nn.ReLU())
         >>> guide = AmortizedFlow("z", 2, ("data", 100, 10), lambda x: x, enc, context_dim=8)
         >>> guide(torch.randn(100, 3))["z"].shape

@@ -46,7 +46,7 @@ class AutoFlow(StructuredForm, AutoContinuous):
 
     **Structured form** (latents inside one plate, e.g. one intercept per
     group): ``q(globals) prod_i q(local_i | globals, i)``, the joint form over
-    the globals and one :class:`~pyroflows.infer.members.MemberFlow` shared by
+    the globals and one `MemberFlow` shared by
     the plate's members, conditioned on the globals and a learned per-member
     embedding. It is exact for hierarchical models (the posterior factorises
     the same way), costs time and parameters linear in the number of
@@ -55,7 +55,7 @@ class AutoFlow(StructuredForm, AutoContinuous):
     joint form, with a warning. With ``conditional="laplace"`` (default) the
     member flow starts from a Gaussian computed for every draw of the
     globals by one Newton step on the member's log density
-    (:mod:`~pyroflows.infer.local_laplace`): exact for Gaussian random
+    (`local_laplace`): exact for Gaussian random
     effects with a Gaussian likelihood, Laplace's approximation otherwise;
     ``"learned"``: a free per-member location and scale instead (cheaper per
     step, less accurate on the globals).
@@ -79,9 +79,9 @@ class AutoFlow(StructuredForm, AutoContinuous):
         local_hidden_dims: widths of the member flow's networks.
         conditional: ``"laplace"`` or ``"learned"``: the member flow's Gaussian (structured form; ``"laplace"``
             needs at most 16 locals per member and a model that samples no site the guide does not see).
-        **flow_options: options for the preset, overriding :func:`default_options`.
+        **flow_options: options for the preset, overriding `default_options`.
 
-    Example:
+    Examples:
         >>> import pyro, pyro.distributions as dist
         >>> def model():
         ...     pyro.sample("x", dist.Normal(torch.zeros(2), 1.0).to_event(1))
@@ -325,7 +325,7 @@ class AutoFlow(StructuredForm, AutoContinuous):
     @torch.no_grad()
     def sample_posterior(self, num_samples: int, *args, **kwargs) -> dict[str, torch.Tensor]:
         """``num_samples`` draws of every latent site, (num_samples, *site shape)
-        each, plates at full size (use :func:`pyroflows.diagnostics.draw` for deterministic sites too)."""
+        each, plates at full size (use `pyroflows.diagnostics.draw` for deterministic sites too)."""
         self._ready(args, kwargs)
         return self.constrained_values(self._unconstrained_draws(num_samples))
 

@@ -92,11 +92,11 @@ def fit(
     removes most of the final iterate's gradient noise at no cost.
 
     A NaN or infinite loss or gradient restores the parameters that produced
-    the last finite loss and raises :class:`NonFiniteLossError`. Optional
+    the last finite loss and raises `NonFiniteLossError`. Optional
     ``early_stopping`` (patience in steps) and ``max_seconds`` stop early.
     ``*args, **kwargs`` go to the model and guide.
 
-    Example:
+    Examples:
         >>> import pyro.distributions as dist
         >>> from pyro.infer.autoguide import AutoNormal
         >>> def model():

@@ -1,6 +1,6 @@
 """The unconstrained latent space of a Pyro model, flattened to one vector.
 
-:class:`LatentSpace` traces a model once at its prior means (without
+`LatentSpace` traces a model once at its prior means (without
 sampling its prior, so improper priors work), then maps between flat unconstrained vectors ``z`` of
 shape (..., D) and dicts of constrained site values, and evaluates the log
 joint density of ``z`` (the model's log density plus the log-Jacobian of the
@@ -68,7 +68,7 @@ def init_to_unconstrained_zero(site: dict) -> torch.Tensor:
 
 def init_to_mean_or_zero(site: dict) -> torch.Tensor:
     """Init strategy: the prior mean where it is finite and inside the
-    support, else :func:`init_to_unconstrained_zero`. Never samples."""
+    support, else `init_to_unconstrained_zero`. Never samples."""
     mean = _mean(site["fn"])
     if mean is not None and torch.isfinite(mean).all():
         mean = mean.expand(site["fn"].shape()).detach()
@@ -167,7 +167,7 @@ class LatentSpace:
         return values, log_jac, batch
 
     def pack(self, values: dict[str, torch.Tensor], sample_shape: tuple[int, ...] = ()) -> torch.Tensor:
-        """Inverse of :meth:`unpack`: constrained values with leading ``sample_shape`` to (..., D)."""
+        """Inverse of `unpack`: constrained values with leading ``sample_shape`` to (..., D)."""
         parts = []
         for name, s in self.sites.items():
             if name not in values:

@@ -6,11 +6,12 @@ latents inside one plate (one vector per group). When the model's log
 density is a sum over the plate's members of terms that each involve one
 member's locals and the globals, the posterior factorises exactly as
 
-.. math::
-    p(g, l_1, \\dots, l_N \\mid y) = p(g \\mid y) \\prod_i p(l_i \\mid g, y_i),
+$$
+p(g, l_1, \\dots, l_N \\mid y) = p(g \\mid y) \\prod_i p(l_i \\mid g, y_i),
+$$
 
 which a structured guide can match with one conditional flow shared by the
-members. :class:`LatentLayout` finds that split from a prototype trace and
+members. `LatentLayout` finds that split from a prototype trace and
 says why when it does not apply (nested plates, latents in two plates,
 members that interact).
 """
@@ -188,7 +189,7 @@ class LatentLayout:
         return z
 
     def split(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Inverse of :meth:`assemble`: (globals (..., Dg), locals (..., N, d))."""
+        """Inverse of `assemble`: (globals (..., Dg), locals (..., N, d))."""
         locals_ = z[..., self.local_index.reshape(-1)].reshape(z.shape[:-1] + tuple(self.local_index.shape))
         return z[..., self.global_index], locals_
 
@@ -200,7 +201,7 @@ def members_interact(space, layout: LatentLayout, args, kwargs, tolerance: float
     ``l_j`` does not change when the locals of other members move. Moves the
     locals of a random half of the members (twice, from a perturbed initial
     point) and checks the others' gradients; ``space`` is the model's
-    :class:`~pyroflows.infer.LatentSpace` (same site order as ``layout``).
+    `LatentSpace` (same site order as ``layout``).
     """
     generator = torch.Generator().manual_seed(0)
     index = layout.local_index

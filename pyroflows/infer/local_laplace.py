@@ -4,9 +4,10 @@ In a hierarchical model the locals of member ``i`` enter the log density
 only through ``h_i(l_i, g) = log p(l_i | g) + log p(y_i | l_i, g)``. Given
 the globals ``g``, a Newton step on ``h_i`` from an anchor ``a_i``,
 
-.. math::
-    \\Lambda_i = -\\nabla^2_{l} h_i(a_i, g), \\qquad
-    \\mu_i = a_i + \\Lambda_i^{-1} \\nabla_{l} h_i(a_i, g),
+$$
+\\Lambda_i = -\\nabla^2_{l} h_i(a_i, g), \\qquad
+\\mu_i = a_i + \\Lambda_i^{-1} \\nabla_{l} h_i(a_i, g),
+$$
 
 gives ``N(mu_i, Lambda_i^{-1})``: the exact conditional posterior when
 ``h_i`` is quadratic in ``l_i`` (Gaussian random effects with a Gaussian

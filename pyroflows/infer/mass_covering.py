@@ -4,10 +4,11 @@
 on thin, curved posteriors the guide comes out too narrow. Fine-tuning on
 Renyi's alpha-divergence bound (Li and Turner, 2016),
 
-.. math::
-    \\mathcal{L}_\\alpha = \\frac{1}{1 - \\alpha}
-    \\log \\frac1K \\sum_{k=1}^K \\Big(\\frac{p(x, z_k)}{q(z_k)}\\Big)^{1 - \\alpha},
-    \\qquad z_k \\sim q,
+$$
+\\mathcal{L}_\\alpha = \\frac{1}{1 - \\alpha}
+\\log \\frac1K \\sum_{k=1}^K \\Big(\\frac{p(x, z_k)}{q(z_k)}\\Big)^{1 - \\alpha},
+\\qquad z_k \\sim q,
+$$
 
 with ``0 <= alpha < 1`` (``alpha = 0``: the importance-weighted bound of
 Burda et al.) rewards a guide that covers more of the posterior. It starts
@@ -38,13 +39,13 @@ def fit_mass_covering(
 ) -> np.ndarray:
     """Fine-tune a fitted ``guide`` on Renyi's alpha bound; returns the loss per step.
 
-    Runs :func:`~pyroflows.infer.fit` (same schedule, clipping, averaging and
+    Runs `fit` (same schedule, clipping, averaging and
     non-finite checks; its options pass through ``kwargs``) with Pyro's
     ``RenyiELBO(alpha, num_particles, vectorize_particles=True)``. Call it
     after ``fit``; the model must vectorise over particles and should not
     subsample (the bound is not unbiased over minibatches).
 
-    Example:
+    Examples:
         >>> import pyro
         >>> import pyro.distributions as dist
         >>> from pyroflows.infer import AutoFlow, fit

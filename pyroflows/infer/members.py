@@ -3,15 +3,16 @@
 For member ``i`` with base draw ``eps_i`` (d,), whitened global latents
 ``w`` and a learned embedding ``e_i``, the context is ``c_i = [w, e_i]`` and
 
-.. math::
-    l_i = m_i + s_i \\odot \\big(b(c_i) + L(c_i)\\, f(\\epsilon_i; c_i)\\big)
+$$
+l_i = m_i + s_i \\odot \\big(b(c_i) + L(c_i)\\, f(\\epsilon_i; c_i)\\big)
+$$
 
 with ``f`` a conditional spline autoregressive flow (IAF mode), ``b, L``
 (shift and lower-triangular matrix with a positive diagonal) from an MLP of
 the context, and ``m_i, s_i`` free per-member location and scale (the
 mean-field warm start). Identity at initialisation: ``l_i = m_i + s_i eps_i``.
 Given a Gaussian ``N(mu_i, (R_i R_i^T)^{-1})`` per member (from
-:mod:`~pyroflows.infer.local_laplace`), ``m_i + s_i u`` is replaced by
+`local_laplace`), ``m_i + s_i u`` is replaced by
 ``mu_i + R_i^{-T} u``: the flow then corrects that Gaussian.
 
 Parameters: ``N (2 d + E)`` for the members plus a fixed number for the
@@ -100,7 +101,7 @@ class MemberFlow(nn.Module):
         with a Pyro plate): (..., B, 1, ..., 1, d); ``whitened`` (..., Dg)
         broadcasts against its batch dims; ``index`` (B,) names the members
         (``None``: all). ``gaussian``: a per-draw ``(mean, R)`` (precision
-        ``R R^T``, from :func:`~pyroflows.infer.local_laplace.newton_gaussian`)
+        ``R R^T``, from `newton_gaussian`)
         that replaces the free location and scale: ``l = mean + R^{-T} v``.
         Returns locals of ``eps``'s shape and log|det| of its batch shape.
         """

@@ -1,10 +1,11 @@
-"""NeuTra HMC: NUTS in the base space of a trained :class:`AutoFlow`.
+"""NeuTra HMC: NUTS in the base space of a trained `AutoFlow`.
 
 A flow guide ``z = T(eps)`` that fits the posterior well turns it into
 something close to a standard normal in ``eps``. NUTS on
 
-.. math::
-    U(\\epsilon) = -\\log p(T(\\epsilon), y) - \\log |\\det J_T(\\epsilon)|
+$$
+U(\\epsilon) = -\\log p(T(\\epsilon), y) - \\log |\\det J_T(\\epsilon)|
+$$
 
 then takes short trajectories with one step size for all directions, where
 NUTS on the model itself struggles with funnels and bad scaling (Hoffman et
@@ -92,7 +93,7 @@ def neutra(
     ``gradient_evaluations``. Chains run one after another, each started
     from a draw of the guide.
 
-    Example:
+    Examples:
         >>> import pyro.distributions as dist
         >>> def model():
         ...     pyro.sample("x", dist.Normal(torch.zeros(2), 1.0).to_event(1))

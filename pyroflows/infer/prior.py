@@ -23,7 +23,7 @@ class FlowPrior(PyroModule):
     model): its parameters then appear in the trace and SVI learns them with
     the guide.
 
-    Example:
+    Examples:
         >>> import pyro
         >>> prior = FlowPrior(2)
         >>> def model():

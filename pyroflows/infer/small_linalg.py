@@ -4,7 +4,7 @@ LAPACK's batched routines pay a fixed cost per matrix: for the 8,000 2x2
 precisions of a plate-aware guide's step they cost 13 times more (with their
 backward) than the same arithmetic written entry by entry over the batch,
 which autograd differentiates as plain elementwise operations. Matrices
-larger than :data:`UNROLL_MAX_DIM` go to ``torch.linalg``.
+larger than `UNROLL_MAX_DIM` go to ``torch.linalg``.
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
-"""The structured (plate-aware) form of :class:`~pyroflows.infer.AutoFlow`:
+"""The structured (plate-aware) form of `AutoFlow`:
 the map from base draws to globals and members' locals, and the guide that
-samples them. A mixin: :class:`~pyroflows.infer.AutoFlow` owns the state
-(the flows, the preconditioner, :class:`~pyroflows.infer.members.MemberFlow`
-and the :class:`~pyroflows.infer.local_laplace.LocalLaplace` step)."""
+samples them. A mixin: `AutoFlow` owns the state
+(the flows, the preconditioner, `MemberFlow`
+and the `LocalLaplace` step)."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ __all__ = ["StructuredForm"]
 
 
 class StructuredForm:
-    """``q(globals) x prod_i q(l_i | globals, i)``: see :class:`~pyroflows.infer.AutoFlow`."""
+    """``q(globals) x prod_i q(l_i | globals, i)``: see `AutoFlow`."""
 
     def _member_shape(self, size: int, plate_dim: int) -> tuple[int, ...]:
         return (size,) + (1,) * (-plate_dim - 1) + (self._layout.local_dim,)

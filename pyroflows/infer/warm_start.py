@@ -1,12 +1,12 @@
 """Warm starts for flow guides: Gaussian approximations to the posterior in
 the flat unconstrained latent space, chosen by their ELBO.
 
-:func:`laplace` is the Laplace approximation (MAP point and inverse-Hessian
+`laplace` is the Laplace approximation (MAP point and inverse-Hessian
 Cholesky factor). It is exact for Gaussian posteriors and excellent for
 badly scaled regressions, but it fails in ways a guide must not inherit: the
 MAP of a centred hierarchical model sits where a group scale collapses to
 0, a multimodal likelihood (an ODE model) traps L-BFGS in a local optimum,
-a flat direction has no curvature. :func:`gaussian_warm_start` therefore
+a flat direction has no curvature. `gaussian_warm_start` therefore
 tries several candidates (Laplace from the prior mean and from prior draws
 until two agree on the best mode, and a short mean-field fit) and keeps the
 best, which a degenerate or local candidate cannot be.
@@ -229,7 +229,7 @@ def mean_field(model, args, kwargs, num_steps: int = 300, lr: float = 0.05) -> t
 
 
 def mean_field_vector(model, names, args, kwargs, dtype, num_steps: int = 300) -> tuple[torch.Tensor, torch.Tensor]:
-    """:func:`mean_field` as flat ``(loc, scale)`` vectors, sites in the order ``names``."""
+    """`mean_field` as flat ``(loc, scale)`` vectors, sites in the order ``names``."""
     locs, scales = mean_field(model, args, kwargs, num_steps=num_steps)
     loc = torch.cat([locs[n].reshape(-1) for n in names]).to(dtype)
     return loc, torch.cat([scales[n].reshape(-1) for n in names]).to(dtype)

@@ -11,7 +11,7 @@ def wasserstein2(x: torch.Tensor, y: torch.Tensor) -> float:
     """Exact 2-Wasserstein distance between two empirical distributions (rows,
     uniform weights), by POT's network-simplex solver: ``sqrt(min E|x - y|^2)``.
 
-    Example:
+    Examples:
         >>> x = torch.randn(100, 2)
         >>> round(wasserstein2(x, x + torch.tensor([3.0, 4.0])), 6)
         5.0

@@ -3,7 +3,7 @@
 t = 0 is the source (noise ``x_0``, a standard normal unless ``source`` is
 given), t = 1 the data ``x_1``.
 
-Example:
+Examples:
     >>> from pyroflows.nn.velocity import TimeMLP
     >>> fm = FlowMatcher(TimeMLP(2, hidden_dims=(16,)), event_shape=(2,))
     >>> fm.loss(torch.randn(8, 2)).shape
@@ -34,7 +34,7 @@ FIXED_STEP = FIXED_STEP_SOLVERS  # one list of solvers, kept with ContinuousFlow
 
 
 class _FlatVelocity(nn.Module):
-    """The matcher's velocity on flattened samples, for :class:`ContinuousFlow`."""
+    """The matcher's velocity on flattened samples, for `ContinuousFlow`."""
 
     def __init__(self, matcher: FlowMatcher, context: torch.Tensor | None, guidance: float) -> None:
         super().__init__()
@@ -164,7 +164,7 @@ class FlowMatcher(nn.Module):
         self._context(context, batch)
 
     def _loss(self, x_1, x_0, context, labels, t) -> torch.Tensor:
-        """:meth:`loss` without input checks (the training loop checks the data once)."""
+        """`loss` without input checks (the training loop checks the data once)."""
         batch = x_1.shape[:1]
         if x_0 is None:
             x_0, x_1 = self.coupling.pair(self.sample_source(batch, x_1), x_1, labels)
@@ -203,7 +203,7 @@ class FlowMatcher(nn.Module):
 
         ``method``: ``"euler"``, ``"midpoint"``, ``"rk4"`` (``steps`` equal steps)
         or an adaptive solver such as ``"dopri5"`` (``rtol``/``atol``; see
-        ``ADAPTIVE_SOLVERS`` in :mod:`pyroflows.transforms.continuous`). :attr:`last_nfe` holds the
+        ``ADAPTIVE_SOLVERS`` in `pyroflows.transforms.continuous`). `last_nfe` holds the
         number of velocity evaluations. ``return_path`` returns all ``steps + 1``
         states of a fixed-step solve."""
         if isinstance(num_or_x_0, int):
@@ -250,7 +250,7 @@ class FlowMatcher(nn.Module):
         atol: float = 1e-5,
         step_size: float | None = None,
     ) -> ContinuousFlow:
-        """The model as a :class:`ContinuousFlow` on flattened samples (base ->
+        """The model as a `ContinuousFlow` on flattened samples (base ->
         data), for a fixed ``context``. ``trace`` defaults to exact for at most
         8 dimensions, Hutchinson above."""
         if context is not None:
@@ -265,7 +265,7 @@ class FlowMatcher(nn.Module):
     def distribution(self, context: torch.Tensor | None = None, **options) -> dist.Distribution:
         """A Pyro distribution over vector samples: ``log_prob`` by the
         instantaneous change of variables (with gradients), ``sample`` and
-        ``rsample`` by one ODE solve. Options go to :meth:`transform`. The
+        ``rsample`` by one ODE solve. Options go to `transform`. The
         context's batch shape must broadcast to the values'."""
         if len(self.event_shape) != 1:
             raise ValueError(f"distribution() needs vector samples, event shape is {tuple(self.event_shape)}")

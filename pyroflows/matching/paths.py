@@ -3,7 +3,7 @@
 The conditional velocity target is ``u_t = alpha'_t x_1 + sigma'_t x_0``
 (Lipman et al. 2022, arXiv:2210.02747; Tong et al. 2023, arXiv:2302.00482).
 
-Example:
+Examples:
     >>> path = AffinePath(CondOT())
     >>> x_t, u_t = path.sample(torch.zeros(2), torch.ones(2), torch.tensor(0.25))
     >>> x_t.tolist(), u_t.tolist()

@@ -49,7 +49,7 @@ def train_matcher(
     warmed up as ``min(ema, (1 + n) / (10 + n))`` after ``n`` updates, so short
     runs are not pulled back to the initial weights); ``None`` keeps the last
     weights. Raises
-    :class:`~pyroflows.training.NonFiniteLossError` on a NaN/Inf loss.
+    `NonFiniteLossError` on a NaN/Inf loss.
     Returns the losses."""
     check_positive("steps", steps, numbers.Integral)
     check_positive("batch_size", batch_size, numbers.Integral)

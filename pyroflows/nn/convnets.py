@@ -88,7 +88,7 @@ class ConvResNet(nn.Module):
             (concatenated to the input channels), or ``None``.
         zero_init: start the last convolution at zero.
 
-    Example:
+    Examples:
         >>> net = ConvResNet(2, 4, hidden_channels=8)
         >>> net(torch.randn(3, 2, 8, 8)).abs().max().item()
         0.0

@@ -51,7 +51,7 @@ class Linearization:
 
 
 class ConvLinearization(Linearization):
-    """:class:`Linearization` of a network of stride-1 "same" convolutions on
+    """`Linearization` of a network of stride-1 "same" convolutions on
     images ``(*batch, C, H, W)``: products by convolutions and their transposes."""
 
     def __init__(self, weights: list[torch.Tensor], slopes: list[torch.Tensor], image_shape) -> None:

@@ -130,7 +130,7 @@ def _unit(x: torch.Tensor) -> torch.Tensor:
 
 class SpectralNormLinear(_SpectralNorm, nn.Linear):
     """Linear layer whose weight is rescaled to spectral norm at most ``coeff``
-    (power iteration, see :class:`_SpectralNorm`)."""
+    (power iteration, see `_SpectralNorm`)."""
 
     def __init__(
         self,
@@ -216,7 +216,7 @@ class LipschitzMLP(nn.Module):
 
     def linearize(self, x: torch.Tensor, context: torch.Tensor | None = None) -> tuple[torch.Tensor, Linearization]:
         """``g(x)`` and its Jacobian in ``x`` at ``x`` (one pass; the log-det
-        estimators use it instead of autograd, see :class:`Linearization`)."""
+        estimators use it instead of autograd, see `Linearization`)."""
         features = x.shape[-1]
         weights, slopes, h = [], [], concat_context(x, context)
         for layer in self.net:
@@ -252,7 +252,7 @@ class LipschitzConvNet(nn.Module):
         return self.net(x.reshape(-1, *x.shape[-3:])).view(*batch, *x.shape[-3:])
 
     def linearize(self, x: torch.Tensor, context: torch.Tensor | None = None) -> tuple[torch.Tensor, ConvLinearization]:
-        """``g(x)`` and its Jacobian at ``x`` (see :meth:`LipschitzMLP.linearize`)."""
+        """``g(x)`` and its Jacobian at ``x`` (see `LipschitzMLP.linearize`)."""
         batch, shape = x.shape[:-3], x.shape[-3:]
         weights, slopes, h = [], [], x.reshape(-1, *shape)
         for layer in self.net:

@@ -52,7 +52,7 @@ class MADE(nn.Module):
         order: a permutation of ``range(D)``; default is the natural order.
         activation: activation module class.
         params_major: write the output parameter-first in memory (see
-            :class:`~pyroflows.nn.dense.DenseNN`), the spline kernel's layout.
+            `DenseNN`), the spline kernel's layout.
     """
 
     def __init__(

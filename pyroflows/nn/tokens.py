@@ -2,9 +2,9 @@
 
 ``SequenceTransformer`` is a pre-norm transformer encoder; bidirectional with a
 time input (discrete flow matching) or causal without one (the autoregressive
-baseline). ``ConvNet8`` reads 64 tokens as an 8x8 image through :class:`UNet8`.
+baseline). ``ConvNet8`` reads 64 tokens as an 8x8 image through `UNet8`.
 
-Example:
+Examples:
     >>> net = SequenceTransformer(5, length=7, out_vocab_size=4, dim=16, depth=1, heads=2)
     >>> net(torch.zeros(3, 7, dtype=torch.long), torch.rand(3)).shape
     torch.Size([3, 7, 4])
@@ -149,7 +149,7 @@ def _shifted(x: torch.Tensor, offset: int, pad: int) -> torch.Tensor:
 
 
 class ConvNet8(nn.Module):
-    """64 tokens as an 8x8 image: token embeddings as channels, a :class:`UNet8`
+    """64 tokens as an 8x8 image: token embeddings as channels, a `UNet8`
     (time-conditioned) to ``out_vocab_size`` logits per pixel."""
 
     def __init__(self, vocab_size: int, out_vocab_size: int | None = None, embed_dim: int = 16, width: int = 32):

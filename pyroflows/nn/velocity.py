@@ -4,7 +4,7 @@ Both take ``x`` of shape ``(*batch, *event)``, a time ``t`` that is a scalar
 or has the batch shape, and an optional ``context`` of shape
 ``(*batch, context_dim)``.
 
-Example:
+Examples:
     >>> net = TimeMLP(2, hidden_dims=(16, 16))
     >>> net(torch.zeros(5, 2), torch.rand(5)).shape
     torch.Size([5, 2])

@@ -1,6 +1,6 @@
 """The posterior suite: nine posteriordb posteriors with reference draws.
 
-Example:
+Examples:
     >>> post = load("kidiq-kidscore_momiq")
     >>> post.reference_names
     ['beta[1]', 'beta[2]', 'sigma']
@@ -133,7 +133,7 @@ class Posterior:
 
 
 def load(name: str, dtype: torch.dtype = torch.float32) -> Posterior:
-    """Load posterior ``name`` (one of :data:`NAMES`)."""
+    """Load posterior ``name`` (one of `NAMES`)."""
     if name not in _BUILDERS:
         raise ValueError(f"unknown posterior {name!r}; expected one of {list(NAMES)}")
     folder = resources.files("pyroflows.posteriors") / "data" / name

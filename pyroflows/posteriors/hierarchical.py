@@ -2,17 +2,18 @@
 
 Varying intercepts and slopes by group (the radon / eight-schools shape):
 
-.. math::
-    \\mu_a, \\mu_b \\sim N(0, 5), \\quad \\sigma_a, \\sigma_b, \\sigma \\sim \\mathrm{HalfNormal}(2.5), \\\\
-    a_j \\sim N(\\mu_a, \\sigma_a), \\quad b_j \\sim N(\\mu_b, \\sigma_b), \\quad
-    y_n \\sim N(a_{g(n)} + b_{g(n)} x_n, \\sigma).
+$$
+\\mu_a, \\mu_b \\sim N(0, 5), \\quad \\sigma_a, \\sigma_b, \\sigma \\sim \\mathrm{HalfNormal}(2.5), \\\\
+a_j \\sim N(\\mu_a, \\sigma_a), \\quad b_j \\sim N(\\mu_b, \\sigma_b), \\quad
+y_n \\sim N(a_{g(n)} + b_{g(n)} x_n, \\sigma).
+$$
 
-:func:`regression` takes long-format data (one row per observation, a group
-index per row) in a centred or non-centred form; :func:`grouped_regression`
+`regression` takes long-format data (one row per observation, a group
+index per row) in a centred or non-centred form; `grouped_regression`
 takes rows grouped as a (groups, rows) array and can subsample groups, for
 data sets too large for one step.
 
-Example:
+Examples:
     >>> data = simulate(num_groups=5, rows_per_group=4)
     >>> data["x"].shape, data["group"].shape
     (torch.Size([20]), torch.Size([20]))
@@ -85,7 +86,7 @@ def grouped_regression(
 
 
 def simulate(num_groups: int, rows_per_group: int, seed: int = 0, dtype: torch.dtype = torch.float32) -> dict:
-    """Data from :data:`TRUTH`: ``x``, ``group``, ``y`` (long format),
+    """Data from `TRUTH`: ``x``, ``group``, ``y`` (long format),
     ``x_grouped``, ``y_grouped`` (groups, rows) and the true ``a``, ``b``."""
     gen = torch.Generator().manual_seed(seed)
     a = TRUTH["mu_a"] + TRUTH["sigma_a"] * torch.randn(num_groups, 1, generator=gen, dtype=torch.float64)

@@ -17,9 +17,9 @@ RK4 would otherwise blow up (about 14% of them).
 The MAP has local optima: a cycle whose period is a fraction or a multiple
 of the true one also passes near the data (the observations sample about
 two cycles), so a gradient search started from the prior can settle on a
-wrong frequency. :func:`simulate` draws a data set from known values.
+wrong frequency. `simulate` draws a data set from known values.
 
-Example:
+Examples:
     >>> data = simulate(seed=0)
     >>> data["y"].shape
     torch.Size([20, 2])
@@ -79,7 +79,7 @@ def lotka_volterra(times: torch.Tensor, y: torch.Tensor | None = None) -> torch.
 
 
 def simulate(num_times: int = 20, spacing: float = 1.0, seed: int = 0, dtype=torch.float64) -> dict:
-    """Data from :data:`TRUTH`: ``{"times": (num_times,), "y": (num_times, 2)}``,
+    """Data from `TRUTH`: ``{"times": (num_times,), "y": (num_times, 2)}``,
     simulated in float64 and then cast, so every ``dtype`` gets the same data."""
     if num_times < 1 or spacing <= 0 or (spacing / STEP) % 1:
         raise ValueError(f"need num_times >= 1 and a spacing that is a multiple of {STEP}, got {num_times}, {spacing}")

@@ -1,11 +1,12 @@
 """Autoregressive layers: IAF and MAF with affine or spline maps.
 
-One kernel, :class:`Autoregressive`, applies an elementwise map whose
+One kernel, `Autoregressive`, applies an elementwise map whose
 parameters come from a MADE over the map's *input*:
 
-.. math::
-    g(u)_i = \\tau\\big(u_i;\\, \\theta_i(u_{<i}, c)\\big), \\qquad
-    \\log|\\det J_g| = \\sum_i \\log \\tau'(u_i)
+$$
+g(u)_i = \\tau\\big(u_i;\\, \\theta_i(u_{<i}, c)\\big), \\qquad
+\\log|\\det J_g| = \\sum_i \\log \\tau'(u_i)
+$$
 
 ``g`` costs one MADE pass; ``g^{-1}`` costs ``D`` passes. IAF (Kingma et al.,
 arXiv:1606.04934) uses ``g`` as the forward (base -> data) map: sampling is
@@ -97,13 +98,13 @@ class Autoregressive(FlowTransform):
 
 
 class AffineAutoregressive(Autoregressive):
-    """Affine autoregressive layer, :math:`\\tau(u) = u e^{s} + t`.
+    """Affine autoregressive layer, $\\tau(u) = u e^{s} + t$.
 
     ``mode="iaf"``: forward (sampling) is one MADE pass, inverse ``D`` passes.
     ``mode="maf"`` (default): the inverse (density) is one pass, forward ``D``.
     Identity at initialisation.
 
-    Example:
+    Examples:
         >>> maf = AffineAutoregressive(3, mode="maf")
         >>> x, log_det = maf.inverse_and_log_det(torch.randn(5, 3))
         >>> log_det.shape
@@ -128,10 +129,10 @@ class AffineAutoregressive(Autoregressive):
 class SplineAutoregressive(Autoregressive):
     """Rational-quadratic spline autoregressive layer (NSF-AR, arXiv:1906.04032).
 
-    Costs as :class:`AffineAutoregressive` for the same ``mode``. Identity at
+    Costs as `AffineAutoregressive` for the same ``mode``. Identity at
     initialisation.
 
-    Example:
+    Examples:
         >>> nsf = SplineAutoregressive(3, count_bins=4)
         >>> nsf(torch.zeros(3)).shape
         torch.Size([3])
@@ -154,14 +155,14 @@ class SplineAutoregressive(Autoregressive):
 
 
 class ConditionalAffineAutoregressive(ConditionalFlowTransform):
-    """:class:`AffineAutoregressive` whose MADE also reads a context."""
+    """`AffineAutoregressive` whose MADE also reads a context."""
 
     def __init__(self, input_dim: int, context_dim: int, **options) -> None:
         super().__init__(AffineAutoregressive(input_dim, context_dim=context_dim, **options))
 
 
 class ConditionalSplineAutoregressive(ConditionalFlowTransform):
-    """:class:`SplineAutoregressive` whose MADE also reads a context."""
+    """`SplineAutoregressive` whose MADE also reads a context."""
 
     def __init__(self, input_dim: int, context_dim: int, **options) -> None:
         super().__init__(SplineAutoregressive(input_dim, context_dim=context_dim, **options))

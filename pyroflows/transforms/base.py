@@ -1,6 +1,6 @@
 """The transform contract every pyroflows layer follows.
 
-A layer subclasses :class:`FlowTransform` and writes its map once, as two fused
+A layer subclasses `FlowTransform` and writes its map once, as two fused
 methods that return the output *and* the forward log-determinant:
 
 * ``_forward_and_log_det(x, context) -> (y, log|det dy/dx|)``
@@ -161,8 +161,8 @@ class FlowTransform(CachedBijection, TransformModule):
         event_shape: shape of one input, e.g. ``(input_dim,)`` or ``(C, H, W)``.
         context_dim: size of the context vector for conditional layers (or
             the shape of a context tensor, e.g. a feature map ``(C, H, W)``),
-            or ``None``. A conditional layer is used through :meth:`condition`
-            (or wrapped in a :class:`ConditionalFlowTransform`).
+            or ``None``. A conditional layer is used through `condition`
+            (or wrapped in a `ConditionalFlowTransform`).
         output_shape: shape of one output when it differs from the input's
             (``Squeeze``).
     """
@@ -203,7 +203,7 @@ class FlowTransform(CachedBijection, TransformModule):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Return ``y = f(x)`` and ``log|det df/dx|`` (batch shape), bypassing the cache.
         ``validate=False`` skips the input checks for this call (inner loops that
-        checked their data once); :func:`~pyroflows.set_validation` does it globally."""
+        checked their data once); `set_validation` does it globally."""
         if validate and validation_enabled():
             self._validate(x, context, "x")
         return self._run(x, context, inverse=False)
@@ -212,7 +212,7 @@ class FlowTransform(CachedBijection, TransformModule):
         self, y: torch.Tensor, context: torch.Tensor | None = None, *, validate: bool = True
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Return ``x = f^{-1}(y)`` and the *forward* ``log|det df/dx|`` at that ``x``
-        (``validate`` as in :meth:`forward_and_log_det`)."""
+        (``validate`` as in `forward_and_log_det`)."""
         if validate and validation_enabled():
             self._validate(y, context, "y")
         return self._run(y, context, inverse=True)

@@ -78,7 +78,7 @@ class _Solve(nn.Module):
 
 
 class ODESolution(NamedTuple):
-    """What one :meth:`ContinuousFlow.solve` measured."""
+    """What one `ContinuousFlow.solve` measured."""
 
     value: torch.Tensor
     log_det: torch.Tensor
@@ -88,7 +88,7 @@ class ODESolution(NamedTuple):
 
 class ContinuousFlow(FlowTransform):
     """FFJORD: ``dx/dt = v(x, t)`` from ``t = 0`` (base) to ``t = 1`` (data),
-    :math:`\\log|\\det \\partial x_1 / \\partial x_0| = \\int_0^1 \\mathrm{tr}\\,\\partial v / \\partial x\\, dt`.
+    $\\log|\\det \\partial x_1 / \\partial x_0| = \\int_0^1 \\mathrm{tr}\\,\\partial v / \\partial x\\, dt$.
 
     Any velocity module ``v(x, t, context)`` works (flow-matching models reuse
     this transform); the default is a concat-squash MLP that starts at zero,
@@ -102,7 +102,7 @@ class ContinuousFlow(FlowTransform):
             once per solve.
         regularize: also integrate the kinetic energy ``|f|^2`` and the
             Jacobian Frobenius norm (RNODE); read them from
-            :attr:`last_regularization` after a call and add them to the loss.
+            `last_regularization` after a call and add them to the loss.
         method: torchdiffeq solver (``"dopri5"``, ``"rk4"``, ...).
         rtol: relative tolerance of adaptive solvers.
         atol: absolute tolerance of adaptive solvers.
@@ -110,12 +110,12 @@ class ContinuousFlow(FlowTransform):
         adjoint: integrate gradients backwards (``odeint_adjoint``): memory
             flat in the number of steps.
 
-    :meth:`solve` returns a solve's end point, log-det, number of velocity
+    `solve` returns a solve's end point, log-det, number of velocity
     evaluations and penalties together. Inside a composed flow or a
     distribution, where a transform returns only its output, each solve also
-    leaves them in :attr:`last_nfe` and :attr:`last_regularization`.
+    leaves them in `last_nfe` and `last_regularization`.
 
-    Example:
+    Examples:
         >>> flow = ContinuousFlow(2, hidden_dims=(16,))
         >>> flow(torch.ones(2)).tolist()
         [1.0, 1.0]
@@ -199,7 +199,7 @@ class ContinuousFlow(FlowTransform):
 
 
 class ConditionalContinuousFlow(ConditionalFlowTransform):
-    """:class:`ContinuousFlow` whose velocity also reads a context."""
+    """`ContinuousFlow` whose velocity also reads a context."""
 
     def __init__(self, input_dim: int, context_dim: int, **options) -> None:
         super().__init__(ContinuousFlow(input_dim, context_dim=context_dim, **options))

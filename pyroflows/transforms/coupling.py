@@ -4,9 +4,10 @@ Elements marked by a binary mask pass through unchanged and feed a conditioner
 that parametrises an elementwise map of the others (Dinh et al.,
 arXiv:1410.8516 and arXiv:1605.08803; Durkan et al., arXiv:1906.04032):
 
-.. math::
-    y_A = x_A, \\qquad y_B = \\tau(x_B;\\, \\theta(x_A, c)), \\qquad
-    \\log|\\det J| = \\sum_{i \\in B} \\log \\tau'(x_i)
+$$
+y_A = x_A, \\qquad y_B = \\tau(x_B;\\, \\theta(x_A, c)), \\qquad
+\\log|\\det J| = \\sum_{i \\in B} \\log \\tau'(x_i)
+$$
 
 Both directions cost one conditioner pass.
 """
@@ -35,7 +36,7 @@ class Coupling(FlowTransform):
         parity: 0 or 1; flips a named mask so stacked layers alternate.
         hidden_dims: conditioner widths.
         context_dim: optional context size.
-        conditioner: replaces the default :class:`DenseNN`; maps
+        conditioner: replaces the default `DenseNN`; maps
             ``(x_A, context)`` to parameters of shape ``(*, |B|, P)``.
         transform_copied: also pass the copied elements through an
             unconditional map of the same kind with free parameters (zero, the
@@ -108,11 +109,11 @@ def _append_units(params: torch.Tensor, free: torch.Tensor) -> torch.Tensor:
 
 
 class AdditiveCoupling(Coupling):
-    """NICE additive coupling, :math:`y_B = x_B + t(x_A)`, log-det 0.
+    """NICE additive coupling, $y_B = x_B + t(x_A)$, log-det 0.
 
     Both directions cost one conditioner pass; identity at initialisation.
 
-    Example:
+    Examples:
         >>> layer = AdditiveCoupling(4)
         >>> layer(torch.zeros(2, 4)).shape
         torch.Size([2, 4])
@@ -131,14 +132,14 @@ class AdditiveCoupling(Coupling):
 
 
 class AffineCoupling(Coupling):
-    """RealNVP affine coupling, :math:`y_B = x_B e^{s(x_A)} + t(x_A)`,
-    :math:`\\log|\\det J| = \\sum_B s`.
+    """RealNVP affine coupling, $y_B = x_B e^{s(x_A)} + t(x_A)$,
+    $\\log|\\det J| = \\sum_B s$.
 
     ``s`` is soft-clamped to ``(-max_log_scale, max_log_scale)`` with ``tanh``
     (``None`` disables it). Both directions cost one conditioner pass;
     identity at initialisation.
 
-    Example:
+    Examples:
         >>> layer = AffineCoupling(4, mask="half")
         >>> y, log_det = layer.forward_and_log_det(torch.randn(3, 4))
         >>> log_det.shape
@@ -168,7 +169,7 @@ class SplineCoupling(Coupling):
     the same): in 2-D every layer then moves both coordinates. The inverse
     runs both halves in one spline call, the forward two.
 
-    Example:
+    Examples:
         >>> layer = SplineCoupling(4, count_bins=8, bound=5.0)
         >>> layer.inv(layer(torch.ones(4))).shape
         torch.Size([4])
@@ -192,21 +193,21 @@ class SplineCoupling(Coupling):
 
 
 class ConditionalAdditiveCoupling(ConditionalFlowTransform):
-    """:class:`AdditiveCoupling` whose conditioner also reads a context."""
+    """`AdditiveCoupling` whose conditioner also reads a context."""
 
     def __init__(self, input_dim: int, context_dim: int, **options) -> None:
         super().__init__(AdditiveCoupling(input_dim, context_dim=context_dim, **options))
 
 
 class ConditionalAffineCoupling(ConditionalFlowTransform):
-    """:class:`AffineCoupling` whose conditioner also reads a context."""
+    """`AffineCoupling` whose conditioner also reads a context."""
 
     def __init__(self, input_dim: int, context_dim: int, **options) -> None:
         super().__init__(AffineCoupling(input_dim, context_dim=context_dim, **options))
 
 
 class ConditionalSplineCoupling(ConditionalFlowTransform):
-    """:class:`SplineCoupling` whose conditioner also reads a context."""
+    """`SplineCoupling` whose conditioner also reads a context."""
 
     def __init__(self, input_dim: int, context_dim: int, **options) -> None:
         super().__init__(SplineCoupling(input_dim, context_dim=context_dim, **options))

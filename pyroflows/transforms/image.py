@@ -49,7 +49,7 @@ def squeeze(x: torch.Tensor, factor: int = 2) -> torch.Tensor:
 
 
 def unsqueeze(y: torch.Tensor, factor: int = 2) -> torch.Tensor:
-    """Depth to space, the inverse of :func:`squeeze`."""
+    """Depth to space, the inverse of `squeeze`."""
     *batch, c, h, w = y.shape
     n = len(batch)
     y = y.reshape(*batch, c // factor**2, factor, factor, h, w)
@@ -63,7 +63,7 @@ class Squeeze(FlowTransform):
 
     A permutation: log-det 0, both directions cheap.
 
-    Example:
+    Examples:
         >>> layer = Squeeze((1, 4, 4))
         >>> layer(torch.arange(16.0).reshape(1, 4, 4))[:, 0, 0].tolist()
         [0.0, 1.0, 4.0, 5.0]
@@ -85,9 +85,9 @@ class Squeeze(FlowTransform):
 
 class Unsqueeze(FlowTransform):
     """Depth to space, ``(C f^2, H, W) -> (C, H f, W f)``: the inverse of
-    :class:`Squeeze` (the layer a base -> data stack ends with). Log-det 0.
+    `Squeeze` (the layer a base -> data stack ends with). Log-det 0.
 
-    Example:
+    Examples:
         >>> Unsqueeze((4, 2, 2))(torch.zeros(4, 2, 2)).shape
         torch.Size([1, 4, 4])
     """
@@ -123,19 +123,20 @@ def _univariate(transform: str | UnivariateMap, max_log_scale: float | None) -> 
 class ImageCoupling(FlowTransform):
     """Coupling layer for images with a channel or checkerboard mask.
 
-    Elements marked by the mask pass through and feed a :class:`ConvResNet`
+    Elements marked by the mask pass through and feed a `ConvResNet`
     (zero-initialised last layer: the identity at initialisation) whose output
     parametrises an elementwise map of the others:
 
-    .. math::
-        y_A = x_A, \\qquad y_B = \\tau(x_B;\\, \\theta(x_A, c)), \\qquad
-        \\log|\\det J| = \\sum_{i \\in B} \\log \\tau'(x_i)
+    $$
+    y_A = x_A, \\qquad y_B = \\tau(x_B;\\, \\theta(x_A, c)), \\qquad
+    \\log|\\det J| = \\sum_{i \\in B} \\log \\tau'(x_i)
+    $$
 
     ``transform`` is ``"affine"`` (RealNVP, log-scale soft-clamped to
     ``max_log_scale``), ``"affine-sigmoid"`` (Glow's sigmoid scale,
-    :class:`~pyroflows.transforms.univariate.SigmoidScaleShift`),
+    `SigmoidScaleShift`),
     ``"additive"`` (NICE), ``"spline"`` or any
-    :class:`~pyroflows.transforms.univariate.UnivariateMap`. Masks:
+    `UnivariateMap`. Masks:
     ``"channel"`` (half of the channels; needs ``C >= 2``) or
     ``"checkerboard"`` (alternate pixels, all channels); ``parity`` flips
     which half is copied. Both directions cost one conditioner pass.
@@ -143,9 +144,9 @@ class ImageCoupling(FlowTransform):
     Args:
         input_shape: ``(C, H, W)``.
         context_dim: a context vector size or a feature-map shape
-            ``(C_c, H, W)`` read by the conditioner (see :class:`ConvResNet`).
+            ``(C_c, H, W)`` read by the conditioner (see `ConvResNet`).
 
-    Example:
+    Examples:
         >>> layer = ImageCoupling((4, 8, 8), mask="checkerboard", hidden_channels=16)
         >>> x = torch.randn(2, 4, 8, 8)
         >>> bool((layer(x) == x).all())  # identity at initialisation
@@ -217,7 +218,7 @@ class ImageCoupling(FlowTransform):
 
 
 class ConditionalImageCoupling(ConditionalFlowTransform):
-    """:class:`ImageCoupling` whose conditioner also reads a context (a vector
+    """`ImageCoupling` whose conditioner also reads a context (a vector
     or a feature map); ``condition(c)`` binds it."""
 
     def __init__(self, input_shape: tuple[int, int, int], context_dim: int | tuple[int, ...], **options) -> None:
@@ -229,15 +230,16 @@ class GlowStep(FlowTransform):
     invertible 1x1 convolution and an affine coupling, in the data -> base
     direction (the inverse here), so the forward runs them in reverse.
 
-    .. math::
-        \\log|\\det J| = H W \\sum_c (s^{\\mathrm{act}}_c + s^{\\mathrm{LU}}_c)
-        + \\sum_{i \\in B} \\log \\tau'(\\cdot)
+    $$
+    \\log|\\det J| = H W \\sum_c (s^{\\mathrm{act}}_c + s^{\\mathrm{LU}}_c)
+    + \\sum_{i \\in B} \\log \\tau'(\\cdot)
+    $$
 
     Both directions cost one conditioner pass; ActNorm initialises from the
     first batch it sees. In the data -> base direction ActNorm and the 1x1
     convolution run as one affine map per pixel.
 
-    Example:
+    Examples:
         >>> step = GlowStep((4, 4, 4), hidden_channels=8)
         >>> x, log_det = step.inverse_and_log_det(torch.randn(16, 4, 4, 4))
         >>> x.shape, log_det.shape

@@ -8,8 +8,9 @@ from pyroflows.transforms.base import FlowTransform
 class Inverse(FlowTransform):
     """``Inverse(layer)`` maps as ``layer``'s inverse and back:
 
-    .. math::
-        g = f^{-1}, \\qquad \\log|\\det J_g(x)| = -\\log|\\det J_f(f^{-1}(x))|
+    $$
+    g = f^{-1}, \\qquad \\log|\\det J_g(x)| = -\\log|\\det J_f(f^{-1}(x))|
+    $$
 
     It owns ``layer`` (its parameters train through it) and its context. Use it
     to put a layer's cheap direction, or the direction its function class is
@@ -18,7 +19,7 @@ class Inverse(FlowTransform):
     ``Inverse(SplineCoupling(...))``, and the density then evaluates the splines
     forwards.
 
-    Example:
+    Examples:
         >>> from pyroflows.transforms import AffineCoupling
         >>> layer = AffineCoupling(4)
         >>> Inverse(layer).event_shape == layer.output_shape

@@ -11,9 +11,9 @@ from pyroflows.transforms.base import FlowTransform
 
 
 class Permute(FlowTransform):
-    """Reorder elements: :math:`y = x_{\\pi}`, log-det 0. Both directions cheap.
+    """Reorder elements: $y = x_{\\pi}$, log-det 0. Both directions cheap.
 
-    Example:
+    Examples:
         >>> Permute([2, 0, 1])(torch.tensor([10.0, 20.0, 30.0]))
         tensor([30., 10., 20.])
     """
@@ -41,15 +41,15 @@ class Reverse(Permute):
 
 
 class LULinear(FlowTransform):
-    """Invertible linear map :math:`y = W x` with :math:`W = P L (U + \\mathrm{diag}(\\sigma e^{s}))`.
+    """Invertible linear map $y = W x$ with $W = P L (U + \\mathrm{diag}(\\sigma e^{s}))$.
 
     ``P`` is a fixed permutation, ``L`` unit lower triangular, ``U`` strictly
-    upper triangular and :math:`\\sigma` fixed signs (Kingma & Dhariwal,
-    arXiv:1807.03039, sec. 3.2), so :math:`\\log|\\det J| = \\sum_i s_i`. Forward is a matrix product
+    upper triangular and $\\sigma$ fixed signs (Kingma & Dhariwal,
+    arXiv:1807.03039, sec. 3.2), so $\\log|\\det J| = \\sum_i s_i$. Forward is a matrix product
     (``O(D^2)``), inverse two triangular solves (``O(D^2)``). Identity at
     initialisation when ``random_permutation=False``.
 
-    Example:
+    Examples:
         >>> layer = LULinear(3)
         >>> layer(torch.ones(3)).tolist()
         [1.0, 1.0, 1.0]
@@ -107,18 +107,19 @@ class InvertibleConv1x1(LULinear):
     """Glow's invertible 1x1 convolution: one ``C x C`` matrix mixes the
     channels of every pixel of ``(*, C, H, W)``.
 
-    .. math::
-        x_{:, h, w} = V y_{:, h, w}, \\qquad V = P L (U + \\mathrm{diag}(\\sigma e^{s})), \\qquad
-        \\log|\\det \\partial y / \\partial x| = -H W \\sum_i s_i
+    $$
+    x_{:, h, w} = V y_{:, h, w}, \\qquad V = P L (U + \\mathrm{diag}(\\sigma e^{s})), \\qquad
+    \\log|\\det \\partial y / \\partial x| = -H W \\sum_i s_i
+    $$
 
-    The LU factors (as in :class:`LULinear`) parametrise ``V``, the matrix of
+    The LU factors (as in `LULinear`) parametrise ``V``, the matrix of
     the data -> base direction (the inverse here), as Glow does: density
     evaluation, hence training, is one matrix product per pixel; sampling
-    (the forward) applies :math:`V^{-1}`, from two ``C x C`` triangular
+    (the forward) applies $V^{-1}$, from two ``C x C`` triangular
     solves. The log-det costs ``O(C)``. Starts at a random rotation (Kingma &
     Dhariwal, arXiv:1807.03039, sec. 3.2), drawn from ``seed`` when given.
 
-    Example:
+    Examples:
         >>> layer = InvertibleConv1x1((4, 8, 8), seed=0)
         >>> y, log_det = layer.forward_and_log_det(torch.randn(2, 4, 8, 8))
         >>> log_det.abs().max().item() < 1e-5  # a rotation keeps volume
@@ -159,14 +160,14 @@ class InvertibleConv1x1(LULinear):
 
 
 class TriangularAffine(FlowTransform):
-    """Affine map :math:`y = b + L x` with ``L`` lower triangular,
-    :math:`L_{ii} = e^{s_i}`, so :math:`\\log|\\det J| = \\sum_i s_i`.
+    """Affine map $y = b + L x$ with ``L`` lower triangular,
+    $L_{ii} = e^{s_i}$, so $\\log|\\det J| = \\sum_i s_i$.
 
     Forward is a matrix product, inverse a triangular solve (both
     ``O(D^2)``). Identity at initialisation. Flow guides use it for a learned
     full-rank correlation on top of a Laplace warm start.
 
-    Example:
+    Examples:
         >>> layer = TriangularAffine(2)
         >>> layer(torch.tensor([1.0, 2.0])).tolist()
         [1.0, 2.0]

@@ -130,7 +130,7 @@ class _AutogradJacobian:
 
 
 def network_jacobian(g, x: torch.Tensor, context: torch.Tensor | None):
-    """``g(x)`` and its Jacobian: the network's own :class:`~pyroflows.nn.linearization.Linearization`
+    """``g(x)`` and its Jacobian: the network's own `Linearization`
     (matrix products, first-order autograd only) where it has one, else autograd."""
     if hasattr(g, "linearize"):
         return g.linearize(x, context)

@@ -12,8 +12,9 @@ class ActNorm(FlowTransform):
     """Per-element (vectors) or per-channel (images) affine map with
     data-dependent initialisation (Glow, arXiv:1807.03039).
 
-    .. math::
-        y = x \\odot e^{s} + b, \\qquad \\log|\\det J| = P \\sum_c s_c
+    $$
+    y = x \\odot e^{s} + b, \\qquad \\log|\\det J| = P \\sum_c s_c
+    $$
 
     where ``P`` is the number of pixels (``H * W`` for an input ``(C, H, W)``,
     1 for vectors). The first call, in either direction, sets ``s`` and ``b``
@@ -25,7 +26,7 @@ class ActNorm(FlowTransform):
     Args:
         input_dim: ``D`` for vectors ``(*, D)``, or an image shape ``(C, H, W)``.
 
-    Example:
+    Examples:
         >>> layer = ActNorm(2)
         >>> x, _ = layer.inverse_and_log_det(torch.tensor([[1.0, 10.0], [3.0, 30.0]]))
         >>> x.detach().round(decimals=4).tolist()
@@ -91,9 +92,10 @@ class BatchNorm(FlowTransform):
     mode, and always in the forward (sampling) direction, the running
     averages are used:
 
-    .. math::
-        x = e^{\\gamma} \\frac{y - \\mu}{\\sqrt{\\sigma^2 + \\epsilon}} + \\beta, \\qquad
-        \\log|\\det \\partial y / \\partial x| = \\sum_i \\tfrac12 \\log(\\sigma_i^2 + \\epsilon) - \\gamma_i
+    $$
+    x = e^{\\gamma} \\frac{y - \\mu}{\\sqrt{\\sigma^2 + \\epsilon}} + \\beta, \\qquad
+    \\log|\\det \\partial y / \\partial x| = \\sum_i \\tfrac12 \\log(\\sigma_i^2 + \\epsilon) - \\gamma_i
+    $$
 
     Both directions are cheap.
     """

@@ -16,16 +16,17 @@ __all__ = ["Logit"]
 class Logit(FlowTransform):
     """The logit preprocessing of RealNVP (arXiv:1605.08803, sec. 4.1) as a bijection.
 
-    Data ``u`` in ``(0, 1)`` map to :math:`x = \\mathrm{logit}(\\alpha + (1 - 2\\alpha) u)`
+    Data ``u`` in ``(0, 1)`` map to $x = \\mathrm{logit}(\\alpha + (1 - 2\\alpha) u)$
     (the inverse, data -> base); the forward is
-    :math:`u = (\\sigma(x) - \\alpha) / (1 - 2\\alpha)` with
+    $u = (\\sigma(x) - \\alpha) / (1 - 2\\alpha)$ with
 
-    .. math::
-        \\log|\\det \\partial u / \\partial x| = \\sum_i \\log\\sigma(x_i) + \\log\\sigma(-x_i) - \\log(1 - 2\\alpha)
+    $$
+    \\log|\\det \\partial u / \\partial x| = \\sum_i \\log\\sigma(x_i) + \\log\\sigma(-x_i) - \\log(1 - 2\\alpha)
+    $$
 
     so a likelihood computed through it is the likelihood of ``u``.
     ``alpha`` keeps the logit away from the infinities at 0 and 1: the
-    codomain is the open interval :math:`(-\alpha, 1 - \alpha) / (1 - 2\alpha)`,
+    codomain is the open interval $(-\alpha, 1 - \alpha) / (1 - 2\alpha)$,
     which holds ``[0, 1]`` when ``alpha > 0``. Both directions are cheap;
     data outside the codomain raise ``ValueError``.
 
@@ -33,7 +34,7 @@ class Logit(FlowTransform):
         event_shape: ``(D,)`` or ``(C, H, W)``.
         alpha: in ``[0, 0.5)``.
 
-    Example:
+    Examples:
         >>> layer = Logit((1, 2, 2), alpha=0.05)
         >>> x, log_det = layer.inverse_and_log_det(torch.full((1, 2, 2), 0.5))
         >>> x.abs().max().item(), round(log_det.item(), 4)

@@ -21,19 +21,19 @@ class ResidualNotConverged(RuntimeError):
 
 class Residual(FlowTransform):
     """Invertible residual block, written data -> base as in the papers:
-    :math:`x = y + g(y)` with :math:`\\mathrm{Lip}(g) \\le c < 1`, so
-    :math:`\\log|\\det \\partial x / \\partial y| = \\log\\det(I + J_g(y))`.
+    $x = y + g(y)$ with $\\mathrm{Lip}(g) \\le c < 1$, so
+    $\\log|\\det \\partial x / \\partial y| = \\log\\det(I + J_g(y))$.
 
     The *inverse* (data -> base, density evaluation) is one network pass;
-    the forward (sampling) solves :math:`y + g(y) = x` by the fixed-point
-    iteration :math:`y \\leftarrow x - g(y)`, which converges geometrically at
+    the forward (sampling) solves $y + g(y) = x$ by the fixed-point
+    iteration $y \\leftarrow x - g(y)$, which converges geometrically at
     rate ``c``, to ``atol`` (or the dtype's resolution) within ``max_iterations`` (else
-    :class:`ResidualNotConverged`, or a warning with ``on_failure="warn"``).
-    The log-det estimator is an explicit option (:class:`LogDetEstimator`):
+    `ResidualNotConverged`, or a warning with ``on_failure="warn"``).
+    The log-det estimator is an explicit option (`LogDetEstimator`):
     exact, truncated series or unbiased Russian roulette with Hutchinson
     traces and the memory-flat Neumann gradient. Identity at initialisation.
 
-    Example:
+    Examples:
         >>> layer = Residual(2, log_det=LogDetEstimator("exact"))
         >>> layer(torch.ones(2)).tolist()
         [1.0, 1.0]
@@ -123,14 +123,14 @@ class Residual(FlowTransform):
 
 
 class ConvResidual(Residual):
-    """:class:`Residual` for images ``(*, C, H, W)``: ``g`` is a
-    :class:`~pyroflows.nn.LipschitzConvNet` (spectrally normalised 3x3, 1x1,
+    """`Residual` for images ``(*, C, H, W)``: ``g`` is a
+    `LipschitzConvNet` (spectrally normalised 3x3, 1x1,
     3x3 convolutions with LipSwish; Residual Flows, arXiv:1906.02735), so
-    :math:`\\mathrm{Lip}(g) \\le c < 1` on images of ``input_shape``. The same
-    inverse, estimators and options as :class:`Residual`; ``"exact"`` builds the
+    $\\mathrm{Lip}(g) \\le c < 1$ on images of ``input_shape``. The same
+    inverse, estimators and options as `Residual`; ``"exact"`` builds the
     ``(CHW) x (CHW)`` Jacobian (small images only). Identity at initialisation.
 
-    Example:
+    Examples:
         >>> layer = ConvResidual((2, 4, 4), hidden_channels=8)
         >>> x = torch.randn(3, 2, 4, 4)
         >>> bool((layer(x) == x).all())
@@ -155,7 +155,7 @@ class ConvResidual(Residual):
 
 
 class ConditionalResidual(ConditionalFlowTransform):
-    """:class:`Residual` with a context fed to its network; ``condition(c)`` binds it."""
+    """`Residual` with a context fed to its network; ``condition(c)`` binds it."""
 
     def __init__(self, input_dim: int, context_dim: int, **options) -> None:
         super().__init__(Residual(input_dim, context_dim=context_dim, **options))

@@ -12,9 +12,10 @@ Spline Flows*, arXiv:1906.04032.
 In bin ``k`` with ``theta = (x - x_k) / w``, ``s = h / w``,
 ``C = d_0 + d_1 - 2 s`` and ``T = theta (1 - theta)``:
 
-.. math::
-    y = y_k + h \\frac{s\\theta^2 + d_0 T}{s + C T}, \\qquad
-    \\log y' = \\log\\big(d_1\\theta^2 + 2sT + d_0(1-\\theta)^2\\big) + 2\\log s - 2\\log(s + C T)
+$$
+y = y_k + h \\frac{s\\theta^2 + d_0 T}{s + C T}, \\qquad
+\\log y' = \\log\\big(d_1\\theta^2 + 2sT + d_0(1-\\theta)^2\\big) + 2\\log s - 2\\log(s + C T)
+$$
 """
 
 from __future__ import annotations

@@ -14,12 +14,13 @@ class Spline(FlowTransform):
 
     Each element has its own spline on ``[-bound, bound]`` with identity tails:
 
-    .. math::
-        y_i = \\tau_i(x_i), \\qquad \\log|\\det J| = \\sum_i \\log \\tau_i'(x_i)
+    $$
+    y_i = \\tau_i(x_i), \\qquad \\log|\\det J| = \\sum_i \\log \\tau_i'(x_i)
+    $$
 
     Both directions are cheap (closed form). Identity at initialisation.
 
-    Example:
+    Examples:
         >>> layer = Spline(2, count_bins=4, bound=3.0)
         >>> layer(torch.tensor([0.5, 10.0])).round(decimals=4).tolist()
         [0.5, 10.0]
