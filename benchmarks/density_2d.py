@@ -32,10 +32,15 @@ def main() -> None:
     parser.add_argument("--datasets", nargs="+", default=list(TOY_2D))
     parser.add_argument("--libraries", nargs="+", default=list(LIBRARIES))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
-    parser.add_argument("--results", default="density_2d")
+    parser.add_argument(
+        "--results",
+        default=None,
+        help="JSON name under results/ (default: density_2d, or density_2d_timing with --timing)",
+    )
     parser.add_argument("--combine", nargs="+", default=[], help="results files to pool by seed instead of running")
     parser.add_argument("--timing", action="store_true", help="only ms/step, the libraries alternated")
     args = parser.parse_args()
+    args.results = args.results or ("density_2d_timing" if args.timing else "density_2d")
     if args.timing:
         rows = [row for name in args.datasets for row in timing(name, args.libraries)]
     else:

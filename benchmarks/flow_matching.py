@@ -211,10 +211,15 @@ def main() -> None:
     parser.add_argument("--reflow-steps", type=int, default=5000)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--results", default="flow_matching")
+    parser.add_argument(
+        "--results",
+        default=None,
+        help="JSON name under results/ (default: flow_matching, or flow_matching_timing with --timing)",
+    )
     parser.add_argument("--timing", action="store_true", help="only time both training loops, alternated")
     parser.add_argument("--combine", nargs="+", default=[], help="results files to merge instead of running")
     args = parser.parse_args()
+    args.results = args.results or ("flow_matching_timing" if args.timing else "flow_matching")
     torch.set_num_threads(args.threads)
     if args.timing:
         rows = [timing(target, coupling, 5, 300) for target in args.tasks for coupling in ("independent", "ot")]

@@ -198,10 +198,15 @@ def main() -> None:
     parser.add_argument("--rnode-jacobian", type=float, default=None, help="Jacobian weight (default --rnode)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--results", default="free_form_2d")
+    parser.add_argument(
+        "--results",
+        default=None,
+        help="JSON name under results/ (default: free_form_2d, or free_form_2d_timing with --timing)",
+    )
     parser.add_argument("--combine", nargs="+", default=[], help="results files to merge instead of running")
     parser.add_argument("--timing", action="store_true", help="only time the models' training steps, alternated")
     args = parser.parse_args()
+    args.results = args.results or ("free_form_2d_timing" if args.timing else "free_form_2d")
     torch.set_num_threads(args.threads)
     if args.timing:
         rows = [row for dataset in args.datasets for row in timing(args.models, dataset, args.blocks)]

@@ -180,9 +180,12 @@ def main() -> None:
     parser.add_argument("--timing", action="store_true")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--timing-steps", type=int, default=20)
-    parser.add_argument("--results", default="images")
+    parser.add_argument(
+        "--results", default=None, help="JSON name under results/ (default: images, or images_timing with --timing)"
+    )
     parser.add_argument("--combine", nargs="+", default=[])
     args = parser.parse_args()
+    args.results = args.results or ("images_timing" if args.timing else "images")
     torch.set_num_threads(args.threads)
     train = load_digits_images("train").images
     test = load_digits_images("test").images
