@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ast
 import collections
+import re
 from pathlib import Path
 
 ROOT = Path(__file__).parent.parent / "pyroflows"
@@ -131,3 +132,34 @@ def test_no_function_is_over_60_lines():
         if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and node.end_lineno - node.lineno >= 60
     ]
     assert not long, f"split these functions (signature and docstring count): {long}"
+
+
+# lines that repeat by nature: imports, parameter lists, closing brackets, docstring quotes, decorators
+_BOILERPLATE = re.compile(
+    r'^("""|\)|\]|\}|\)?:|def \w+\($|self,|from .* import .*|import .*|\w+(: [^=]+)?( = .+)?,|\) -> .*:|@\w+.*)$'
+)
+
+
+def _repeated_blocks(files: dict[str, str], size: int = 6) -> dict[tuple, list]:
+    """Blocks of ``size`` non-blank, non-comment lines (half of them or more not boilerplate) found twice or more."""
+    seen = collections.defaultdict(list)
+    for name, text in files.items():
+        lines = [
+            (i + 1, s) for i, line in enumerate(text.splitlines()) if (s := line.strip()) and not s.startswith("#")
+        ]
+        for k in range(len(lines) - size + 1):
+            block = tuple(s for _, s in lines[k : k + size])
+            if sum(not _BOILERPLATE.match(s) for s in block) >= size // 2:
+                seen[block].append(f"{name}:{lines[k][0]}")
+    return {block: where for block, where in seen.items() if len(where) > 1}
+
+
+def test_the_repeat_finder_finds_a_repeated_block():
+    body = "\n".join(f"x{i} = f(x{i - 1}) + {i}" for i in range(1, 7))
+    assert list(_repeated_blocks({"a.py": body, "b.py": "import os\n" + body}).values()) == [["a.py:1", "b.py:2"]]
+
+
+def test_no_block_of_six_lines_is_repeated():
+    files = {str(path.relative_to(ROOT)): path.read_text() for path in ROOT.rglob("*.py")}
+    repeated = list(_repeated_blocks(files).values())
+    assert not repeated, f"factor out these repeated blocks: {repeated}"
