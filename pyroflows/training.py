@@ -12,8 +12,11 @@ from __future__ import annotations
 
 import math
 import numbers
+import os
+import pickle
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -27,6 +30,8 @@ __all__ = [
     "Trainer",
     "check_positive",
     "clip_gradients",
+    "load_checkpoint",
+    "save_checkpoint",
     "warmup_cosine",
     "warmup_polynomial",
 ]
@@ -106,6 +111,12 @@ class IterateAverage:
     def average(self) -> list[torch.Tensor] | None:
         return self.mean
 
+    def state_dict(self) -> dict:
+        return {"count": self.count, "mean": self.mean}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.count, self.mean = state["count"], state["mean"]
+
 
 class ExponentialAverage:
     """Exponential moving average of the parameters, starting from their
@@ -140,6 +151,12 @@ class ExponentialAverage:
     def average(self) -> list[torch.Tensor] | None:
         return self.shadow
 
+    def state_dict(self) -> dict:
+        return {"updates": self.updates, "shadow": self.shadow}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.updates, self.shadow = state["updates"], state["shadow"]
+
 
 def clip_gradients(grads: list[torch.Tensor], clip_norm: float | None) -> float:
     """The global norm of ``grads`` (one sync), after scaling them in place to
@@ -173,8 +190,8 @@ class Trainer:
     Examples:
         >>> w = torch.nn.Parameter(torch.tensor(3.0))
         >>> trainer = Trainer(torch.optim.SGD([w], lr=0.1), steps=100, progress=False)
-        >>> while not trainer.step((w - 1) ** 2):
-        ...     pass
+        >>> while trainer.running:
+        ...     _ = trainer.step((w - 1) ** 2)
         >>> losses = trainer.close(); len(losses), round(w.item(), 3)
         (100, 1.0)
     """
@@ -200,7 +217,8 @@ class Trainer:
         self.averager, self.restore, self.advice, self.loss_name = average, restore, advice, loss_name
         self.stopper = EarlyStopping(early_stopping) if early_stopping else None
         self.max_seconds, self.start = max_seconds, time.perf_counter()
-        self.step_count, self.losses = start_step, []
+        self.step_count, self.losses, self.stopped = start_step, [], False
+        self.checkpoint: tuple | None = None
         self.params: list[torch.Tensor] = []
         self.good: list[torch.Tensor] = []
         # progress only on a terminal (None), so a log file does not get every redraw
@@ -263,17 +281,94 @@ class Trainer:
         self.bar.update()
         if self.step_count % 25 == 0:
             self.bar.set_postfix(loss=f"{np.mean(self.losses[-25:]):.4g}", refresh=False)
-        return (
+        if self.checkpoint is not None and self.step_count % self.checkpoint[3] == 0:
+            self._save()
+        self.stopped = (
             self.step_count >= self.steps
             or (self.stopper is not None and self.stopper(self.losses))
             or (self.max_seconds is not None and time.perf_counter() - self.start > self.max_seconds)
         )
+        return self.stopped
+
+    @property
+    def running(self) -> bool:
+        """Whether the loop should take another step."""
+        return not self.stopped and self.step_count < self.steps
+
+    def keep_checkpoint(
+        self, path: str | Path, modules: dict, generator: torch.Generator | None = None, every: int = 500
+    ) -> None:
+        """Resume from ``path`` if it exists (the ``modules``' weights, this
+        trainer's state and the batch ``generator``); from then on save there
+        every ``every`` steps and at :meth:`close`, atomically."""
+        check_positive("checkpoint_every", every, numbers.Integral)
+        self.checkpoint = (Path(path), modules, generator, every)
+        if self.checkpoint[0].exists():
+            state = load_checkpoint(path, ("trainer", "generator", *modules))
+            for name, module in modules.items():
+                module.load_state_dict(state[name])
+            self.load_state_dict(state["trainer"])
+            if generator is not None:
+                generator.set_state(state["generator"])
+
+    def _save(self) -> None:
+        path, modules, generator, _ = self.checkpoint
+        weights = {name: module.state_dict() for name, module in modules.items()}
+        state = {"trainer": self.state_dict(), "generator": None if generator is None else generator.get_state()}
+        save_checkpoint(path, {**weights, **state})
+
+    def state_dict(self) -> dict:
+        """What a resumed run needs to go on exactly: the step, the losses, the
+        optimiser, the average, early stopping's record and torch's RNG."""
+        return {
+            "step": self.step_count,
+            "losses": list(self.losses),
+            "optimizer": self.optimizer.state_dict(),
+            "average": None if self.averager is None else self.averager.state_dict(),
+            "stopper": None if self.stopper is None else (self.stopper.best, self.stopper.best_step),
+            "torch_rng": torch.get_rng_state(),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.step_count, self.losses = state["step"], list(state["losses"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.averager is not None and state["average"] is not None:
+            self.averager.load_state_dict(state["average"])
+        if self.stopper is not None and state["stopper"] is not None:
+            self.stopper.best, self.stopper.best_step = state["stopper"]
+        torch.set_rng_state(state["torch_rng"])
+        self.bar.reset(total=self.steps)
+        self.bar.update(self.step_count)
 
     def close(self) -> list[float]:
-        """Put the average into the parameters (if any), close the bar; the losses."""
+        """Save the checkpoint (if kept), put the average into the parameters
+        (if any), close the bar; the losses."""
+        if self.checkpoint is not None:
+            self._save()  # the raw parameters: a resumed run goes on from them
         self.bar.close()
         average = None if self.averager is None else self.averager.average()
         if average is not None:
             with torch.no_grad():
                 torch._foreach_copy_([p.data for p in self.params], average)
         return self.losses
+
+
+def save_checkpoint(path: str | Path, state: dict) -> None:
+    """``torch.save`` to a temporary file, then rename: a run killed while
+    writing leaves the previous checkpoint whole."""
+    path = Path(path)
+    temporary = path.with_name(path.name + ".tmp")
+    torch.save(state, temporary)
+    os.replace(temporary, path)
+
+
+def load_checkpoint(path: str | Path, keys: Sequence[str], map_location=None) -> dict:
+    """A checkpoint written by :func:`save_checkpoint` with at least ``keys``,
+    or a ``ValueError`` saying that the file is damaged."""
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=False)  # holds pickled records
+    except (EOFError, OSError, RuntimeError, pickle.UnpicklingError, ValueError) as err:
+        raise ValueError(f"checkpoint {path} is corrupted or incomplete ({err}); delete it to start afresh") from err
+    if not isinstance(state, dict) or any(key not in state for key in keys):
+        raise ValueError(f"checkpoint {path} is corrupted or incomplete: expected the keys {tuple(keys)}")
+    return state

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import numbers
+from pathlib import Path
 
 import torch
 
@@ -25,6 +26,8 @@ def train_discrete(
     progress: bool = True,
     ema: float | None = None,
     decay: bool = False,
+    checkpoint: str | Path | None = None,
+    checkpoint_every: int = 500,
 ) -> list[float]:
     """Adam on ``model.loss(batch, loss)`` over random minibatches of ``data`` (int64 rows).
 
@@ -34,7 +37,10 @@ def train_discrete(
     first. With ``ema`` the model ends with an exponential moving average of its
     weights (`ExponentialAverage`). With ``decay`` each learning
     rate follows a cosine from its initial value to zero over the run, whose progress is the larger
-    of the step fraction and the fraction of ``max_seconds`` spent. Raises
+    of the step fraction and the fraction of ``max_seconds`` spent. With
+    ``checkpoint`` (a path) the run saves its state there every
+    ``checkpoint_every`` steps and at the end, and a run started on an
+    existing file resumes it (to ``steps`` in all). Raises
     `NonFiniteLossError` on a NaN/Inf loss.
     Returns the losses."""
     check_positive("steps", steps, numbers.Integral)
@@ -52,10 +58,11 @@ def train_discrete(
         desc="discrete flow matching",
     )
     gen = torch.Generator().manual_seed(seed if seed is not None else int(torch.randint(2**31, ())))
-    stop = False
-    while not stop:
+    if checkpoint is not None:
+        trainer.keep_checkpoint(checkpoint, {"model": model}, gen, checkpoint_every)
+    while trainer.running:
         idx = torch.randint(len(data), (min(batch_size, len(data)),), generator=gen).to(data.device)
-        stop = trainer.step(model.loss(data[idx], loss, validate=False))
+        trainer.step(model.loss(data[idx], loss, validate=False))
     return trainer.close()
 
 

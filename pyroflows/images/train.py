@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import math
 import os
-import pickle
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -22,7 +21,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 from pyroflows.images.model import ImageFlow
-from pyroflows.training import Trainer, warmup_polynomial
+from pyroflows.training import Trainer, load_checkpoint, save_checkpoint, warmup_polynomial
 
 __all__ = ["ImageHistory", "save_image_grid", "setup_distributed", "train_images"]
 
@@ -106,17 +105,6 @@ def _evaluate(model: ImageFlow, test_data, seed, batch_size, device):
 
 
 CHECKPOINT_KEYS = ("model", "optimizer", "history", "epoch")
-
-
-def _load_checkpoint(path: Path, device) -> dict:
-    """A training checkpoint, or a ``ValueError`` that says the file is damaged."""
-    try:
-        state = torch.load(path, map_location=device, weights_only=False)  # the history is a pickled dataclass
-    except (EOFError, OSError, RuntimeError, pickle.UnpicklingError, ValueError) as err:
-        raise ValueError(f"checkpoint {path} is corrupted or incomplete ({err}); delete it to start afresh") from err
-    if not isinstance(state, dict) or any(key not in state for key in CHECKPOINT_KEYS):
-        raise ValueError(f"checkpoint {path} is corrupted or incomplete: expected the keys {CHECKPOINT_KEYS}")
-    return state
 
 
 def train_images(
@@ -214,7 +202,7 @@ def _check_train_options(model, train_data, test_data, epochs, batch_size, eval_
 def _start(model, optimizer, train_data, batch_size, checkpoint, seed, device) -> tuple[ImageHistory, int]:
     """Resume from ``checkpoint`` if it exists, else initialise ActNorm on the first batch (the same on every rank)."""
     if checkpoint is not None and Path(checkpoint).exists():
-        state = _load_checkpoint(Path(checkpoint), device)
+        state = load_checkpoint(checkpoint, CHECKPOINT_KEYS, map_location=device)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         return state["history"], state["epoch"]
@@ -250,7 +238,5 @@ class _EpochEnd:
         if self.samples is not None:
             save_image_grid(model.sample(64, self.temperature).cpu(), self.samples, model.num_levels)
         if self.checkpoint is not None:
-            path = Path(self.checkpoint)
             state = {"model": model.state_dict(), "optimizer": optimizer.state_dict()}
-            torch.save({**state, "history": history, "epoch": epochs_done}, path.with_suffix(".tmp"))
-            os.replace(path.with_suffix(".tmp"), path)
+            save_checkpoint(self.checkpoint, {**state, "history": history, "epoch": epochs_done})

@@ -112,13 +112,12 @@ def fit(
         num_particles=num_particles, vectorize_particles=vectorize_particles and num_particles > 1
     )
     trainer = _trainer(num_steps, warmup, final_lr, average, clip_norm, early_stopping, max_seconds, progress)
-    stop = False
     with _quiet_plate_nesting_guess():
-        while not stop:
+        while trainer.running:
             value, elbo, params = _loss_and_grads(elbo, model, guide, args, kwargs, trainer, loss is None)
             if trainer.optimizer is None or len(params) != len(trainer.params):
                 trainer.use(torch.optim.Adam(params, lr=lr, foreach=True))  # Pyro made new parameters
-            stop = trainer.step(value)
+            trainer.step(value)
     return np.asarray(trainer.close())
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numbers
+from pathlib import Path
 
 import torch
 
@@ -39,6 +40,8 @@ def train_matcher(
     seed: int | None = None,
     progress: bool = True,
     ema: float | None = 0.999,
+    checkpoint: str | Path | None = None,
+    checkpoint_every: int = 500,
 ) -> list[float]:
     """Adam on the flow-matching loss over minibatches of ``x_1`` (rows).
 
@@ -48,7 +51,9 @@ def train_matcher(
     ends with an exponential moving average of its weights (decay ``ema``,
     warmed up as ``min(ema, (1 + n) / (10 + n))`` after ``n`` updates, so short
     runs are not pulled back to the initial weights); ``None`` keeps the last
-    weights. Raises
+    weights. With ``checkpoint`` (a path) the run saves its state there every
+    ``checkpoint_every`` steps and at the end, and a run started on an existing
+    file resumes it exactly (to ``steps`` in all). Raises
     `NonFiniteLossError` on a NaN/Inf loss.
     Returns the losses."""
     check_positive("steps", steps, numbers.Integral)
@@ -61,12 +66,13 @@ def train_matcher(
     trainer = Trainer(optimizer or _adam(matcher, lr), steps, average=average, progress=progress, desc="flow matching")
     gen = torch.Generator(device="cpu")
     gen.manual_seed(seed if seed is not None else int(torch.randint(2**31, ())))
-    stop = False
-    while not stop:
+    if checkpoint is not None:
+        trainer.keep_checkpoint(checkpoint, {"model": matcher}, gen, checkpoint_every)
+    while trainer.running:
         idx = torch.randint(n, (min(batch_size, n),), generator=gen).to(x_1.device)
         t = torch.zeros(len(idx), dtype=x_1.dtype, device=x_1.device) if one_step else None
         pick = [None if v is None else v[idx] for v in (x_0, context, labels)]
-        stop = trainer.step(matcher.loss(x_1[idx], x_0=pick[0], context=pick[1], labels=pick[2], t=t, validate=False))
+        trainer.step(matcher.loss(x_1[idx], x_0=pick[0], context=pick[1], labels=pick[2], t=t, validate=False))
     return trainer.close()
 
 
