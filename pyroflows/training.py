@@ -182,7 +182,8 @@ class Trainer:
     spent); ``clip_norm`` clips the global gradient norm; ``average`` (an
     `IterateAverage` or `ExponentialAverage`) is what the
     parameters hold after `close`; ``early_stopping`` (patience in steps)
-    and ``max_seconds`` end the run early. A NaN or infinite loss or gradient
+    and ``max_seconds`` end the run early. A NaN or infinite loss (or, with
+    ``clip_norm`` or ``restore``, whose norm it computes anyway, gradient)
     raises `NonFiniteLossError` naming ``loss_name``, the step and ``advice``; with
     ``restore`` the parameters are first put back to those that gave the last
     finite loss.
@@ -224,6 +225,7 @@ class Trainer:
         # progress only on a terminal (None), so a log file does not get every redraw
         self.bar = tqdm(total=steps, initial=start_step, disable=None if progress else True, desc=desc, leave=False)
         if optimizer is not None:
+            optimizer.zero_grad(set_to_none=True)  # each step's backward then starts from none
             self.use(optimizer)
 
     def use(self, optimizer: torch.optim.Optimizer) -> None:
@@ -260,11 +262,11 @@ class Trainer:
         if not math.isfinite(value):
             self.fail(f"{self.loss_name}: {self.loss_name} is {value}")
         if torch.is_tensor(loss):
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-        norm = clip_gradients([p.grad for p in self.params if p.grad is not None], self.clip_norm)
-        if not math.isfinite(norm):
-            self.fail(f"gradient: its norm is {norm} ({self.loss_name} {value:.6g})")
+            loss.backward()  # the gradients were cleared after the last step
+        if self.clip_norm is not None or self.restore:  # one sync more: only where the gradients are looked at
+            norm = clip_gradients([p.grad for p in self.params if p.grad is not None], self.clip_norm)
+            if not math.isfinite(norm):
+                self.fail(f"gradient: its norm is {norm} ({self.loss_name} {value:.6g})")
         if self.restore:
             with torch.no_grad():
                 torch._foreach_copy_(self.good, [p.data for p in self.params])
