@@ -220,6 +220,7 @@ class Trainer:
         self.max_seconds, self.start = max_seconds, time.perf_counter()
         self.step_count, self.losses, self.stopped = start_step, [], False
         self.checkpoint: tuple | None = None
+        self.pending: dict | None = None
         self.params: list[torch.Tensor] = []
         self.good: list[torch.Tensor] = []
         # progress only on a terminal (None), so a log file does not get every redraw
@@ -237,6 +238,9 @@ class Trainer:
             self.good = [p.detach().clone() for p in self.params]
         if self.averager is not None:
             self.averager.begin(self.params)
+        if self.pending is not None:  # a checkpoint loaded before the optimiser existed
+            state, self.pending = self.pending, None
+            self._load_optimizer_and_average(state)
 
     def done(self) -> float:
         """The fraction of the run spent, by steps or by ``max_seconds``."""
@@ -298,17 +302,26 @@ class Trainer:
         return not self.stopped and self.step_count < self.steps
 
     def keep_checkpoint(
-        self, path: str | Path, modules: dict, generator: torch.Generator | None = None, every: int = 500
+        self,
+        path: str | Path,
+        modules: dict,
+        generator: torch.Generator | None = None,
+        every: int = 500,
+        on_load: Callable[[], None] | None = None,
     ) -> None:
         """Resume from ``path`` if it exists (the ``modules``' weights, this
         trainer's state and the batch ``generator``); from then on save there
-        every ``every`` steps and at :meth:`close`, atomically."""
+        every ``every`` steps and at `close`, atomically. ``on_load`` runs
+        after the weights and before the random state are restored (a set-up
+        that draws random numbers, which the interrupted run did before)."""
         check_positive("checkpoint_every", every, numbers.Integral)
         self.checkpoint = (Path(path), modules, generator, every)
         if self.checkpoint[0].exists():
             state = load_checkpoint(path, ("trainer", "generator", *modules))
             for name, module in modules.items():
                 module.load_state_dict(state[name])
+            if on_load is not None:
+                on_load()
             self.load_state_dict(state["trainer"])
             if generator is not None:
                 generator.set_state(state["generator"])
@@ -332,15 +345,23 @@ class Trainer:
         }
 
     def load_state_dict(self, state: dict) -> None:
+        """Go on from ``state``; without an optimiser yet (``fit`` makes it at
+        the first step) its state and the average's wait for :meth:`use`."""
         self.step_count, self.losses = state["step"], list(state["losses"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        if self.averager is not None and state["average"] is not None:
-            self.averager.load_state_dict(state["average"])
+        if self.optimizer is None:
+            self.pending = state
+        else:
+            self._load_optimizer_and_average(state)
         if self.stopper is not None and state["stopper"] is not None:
             self.stopper.best, self.stopper.best_step = state["stopper"]
         torch.set_rng_state(state["torch_rng"])
         self.bar.reset(total=self.steps)
         self.bar.update(self.step_count)
+
+    def _load_optimizer_and_average(self, state: dict) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.averager is not None and state["average"] is not None:
+            self.averager.load_state_dict(state["average"])
 
     def close(self) -> list[float]:
         """Save the checkpoint (if kept), put the average into the parameters

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import pyro
+import pyro.distributions as dist
 import pytest
 import torch
+from pyro.infer.autoguide import AutoNormal, init_to_mean
 
 from pyroflows.datasets import toy_2d
 from pyroflows.discrete import DiscreteFlowMatcher, MixturePath, train_discrete
+from pyroflows.infer import AutoFlow, fit
 from pyroflows.matching import FlowMatcher, train_matcher
 from pyroflows.nn.tokens import SequenceTransformer
 from pyroflows.nn.velocity import TimeMLP
-from pyroflows.training import Trainer
+from pyroflows.training import Trainer, load_checkpoint
 
 from .discrete_cases import L, V, iid_data
 
@@ -71,3 +75,56 @@ def test_the_trainer_stops_on_steps_time_or_a_plateau():
     while timed.running:
         timed.step((w - 1) ** 2)
     assert timed.stopped and timed.done() >= 1.0
+
+
+class _Interrupt(BaseException):
+    """Stands for a killed process: nothing in ``fit`` catches it."""
+
+
+def _regression(calls: list | None = None):
+    x = torch.linspace(-1, 1, 20)
+    y = 0.5 + 2.0 * x + 0.3 * torch.randn(20, generator=torch.Generator().manual_seed(0))
+
+    def model():
+        if calls is not None:
+            calls.append(1)
+            if len(calls) == model.stop_at:
+                raise _Interrupt
+        a = pyro.sample("a", dist.Normal(0.0, 5.0))
+        b = pyro.sample("b", dist.Normal(0.0, 5.0))
+        with pyro.plate("rows", 20):
+            pyro.sample("y", dist.Normal(a + b * x, 0.3), obs=y)
+
+    model.stop_at = None
+    return model
+
+
+GUIDES = {"AutoNormal": lambda model: AutoNormal(model, init_loc_fn=init_to_mean), "AutoFlow": AutoFlow}
+
+
+@pytest.mark.parametrize("make_guide", list(GUIDES.values()), ids=list(GUIDES))
+def test_fit_killed_after_a_checkpoint_resumes_to_the_uninterrupted_result(make_guide, tmp_path):
+    options = {"num_steps": 12, "num_particles": 2, "progress": False, "seed": 0}
+    model = _regression()
+    pyro.clear_param_store()
+    straight_guide = make_guide(model)
+    straight_guide()  # set up as the killed run's guide is
+    expected = fit(model, straight_guide, **options)
+    straight = {name: value.detach().clone() for name, value in pyro.get_param_store().items()}
+
+    path, calls = tmp_path / "fit.pt", []
+    killed = _regression(calls)
+    pyro.clear_param_store()
+    guide = make_guide(killed)
+    guide()  # set up (AutoFlow's warm start runs the model many times), then count only the fit's runs
+    calls[:], killed.stop_at = [], 9  # ELBO's plate guess and one run a step: dies in step 8
+    with pytest.raises(_Interrupt):
+        fit(killed, guide, checkpoint=path, checkpoint_every=5, **options)
+    assert load_checkpoint(path, ("trainer",))["trainer"]["step"] == 5
+    pyro.clear_param_store()  # a new process
+    model = _regression()
+    resumed = fit(model, make_guide(model), checkpoint=path, **options)
+
+    assert resumed.tolist() == expected.tolist()
+    for name, value in pyro.get_param_store().items():
+        assert torch.equal(value, straight[name]), name

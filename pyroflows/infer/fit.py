@@ -7,6 +7,7 @@ import logging
 import math
 import numbers
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pyro
@@ -78,6 +79,8 @@ def fit(
     max_seconds: float | None = None,
     progress: bool = True,
     seed: int | None = None,
+    checkpoint: str | Path | None = None,
+    checkpoint_every: int = 500,
     **kwargs,
 ) -> np.ndarray:
     """Fit ``guide`` to ``model`` by SVI; return the loss (negative ELBO) per step.
@@ -88,12 +91,14 @@ def fit(
     ``Trace_ELBO`` with ``num_particles`` particles, vectorised when the model
     allows (else sequential, with a warning). Works with any Pyro guide.
     Over the last ``average`` fraction of steps (0: off) the parameters are
-    averaged (Polyak-Ruppert), and the average is what the guide keeps: it
-    removes most of the final iterate's gradient noise at no cost.
+    averaged (Polyak-Ruppert) and the guide keeps the average.
 
     A NaN or infinite loss or gradient restores the parameters that produced
     the last finite loss and raises `NonFiniteLossError`. Optional
     ``early_stopping`` (patience in steps) and ``max_seconds`` stop early.
+    With ``checkpoint`` (a path) Pyro's param store and the run's state are
+    saved there every ``checkpoint_every`` steps and at the end; a call on an
+    existing file loads them (into the param store) and goes on to ``num_steps``.
     ``*args, **kwargs`` go to the model and guide.
 
     Examples:
@@ -101,17 +106,14 @@ def fit(
         >>> from pyro.infer.autoguide import AutoNormal
         >>> def model():
         ...     pyro.sample("x", dist.Normal(3.0, 1.0))
-        >>> losses = fit(model, AutoNormal(model), num_steps=300, lr=0.05, progress=False, seed=0)
-        >>> len(losses)
+        >>> len(fit(model, AutoNormal(model), num_steps=300, lr=0.05, progress=False, seed=0))
         300
     """
     _check_options(num_steps, lr, num_particles, clip_norm, early_stopping, max_seconds, warmup, average, final_lr)
-    if seed is not None:
-        pyro.set_rng_seed(seed)
-    elbo = loss or Trace_ELBO(
-        num_particles=num_particles, vectorize_particles=vectorize_particles and num_particles > 1
-    )
+    elbo = _seed_and_elbo(seed, loss, num_particles, vectorize_particles)
     trainer = _trainer(num_steps, warmup, final_lr, average, clip_norm, early_stopping, max_seconds, progress)
+    if checkpoint is not None:  # loads the param store: before the guide's first run
+        elbo = _keep_checkpoint(trainer, checkpoint, checkpoint_every, elbo, model, guide, args, kwargs, loss is None)
     with _quiet_plate_nesting_guess():
         while trainer.running:
             value, elbo, params = _loss_and_grads(elbo, model, guide, args, kwargs, trainer, loss is None)
@@ -119,6 +121,49 @@ def fit(
                 trainer.use(torch.optim.Adam(params, lr=lr, foreach=True))  # Pyro made new parameters
             trainer.step(value)
     return np.asarray(trainer.close())
+
+
+def _seed_and_elbo(seed: int | None, loss: ELBO | None, num_particles: int, vectorize: bool) -> ELBO:
+    if seed is not None:
+        pyro.set_rng_seed(seed)
+    return loss or Trace_ELBO(num_particles=num_particles, vectorize_particles=vectorize and num_particles > 1)
+
+
+def _keep_checkpoint(trainer: Trainer, path, every: int, elbo: ELBO, model, guide, args, kwargs, may_fall_back):
+    """Save the param store and the run to ``path`` as it goes; resume from it
+    if it exists, replaying step 0's set-up first (the guide's and the ELBO's
+    random draws). Returns the ELBO to go on with."""
+    primed = [elbo]
+
+    def prime() -> None:
+        primed[0] = _prime(elbo, model, guide, args, kwargs, may_fall_back)
+
+    trainer.keep_checkpoint(path, {"param_store": _ParamStoreState()}, None, every, prime)
+    return primed[0]
+
+
+def _prime(elbo: ELBO, model, guide, args, kwargs, may_fall_back: bool) -> ELBO:
+    """The loss once, without gradients: the guide sets itself up (from the
+    loaded param store) and the ELBO guesses its plate nesting, as at step 0,
+    falling back to sequential particles as step 0 would."""
+    try:
+        with torch.no_grad():
+            elbo.loss(model, guide, *args, **kwargs)
+    except (ValueError, RuntimeError):
+        if not may_fall_back or not getattr(elbo, "vectorize_particles", False):
+            raise
+        elbo = Trace_ELBO(num_particles=elbo.num_particles, vectorize_particles=False)
+    return elbo
+
+
+class _ParamStoreState:
+    """Pyro's global param store as a checkpoint entry."""
+
+    def state_dict(self) -> dict:
+        return pyro.get_param_store().get_state()
+
+    def load_state_dict(self, state: dict) -> None:
+        pyro.get_param_store().set_state(state)
 
 
 def _trainer(num_steps, warmup, final_lr, average, clip_norm, early_stopping, max_seconds, progress) -> Trainer:
