@@ -54,24 +54,24 @@ class _SpectralNorm:
         gen = torch.Generator().manual_seed(0)
         self.register_buffer("u", _unit(torch.randn(u_shape, generator=gen)))
         self.register_buffer("v", _unit(torch.randn(v_shape, generator=gen)))
-        # (warm, sum, sum of squares) of the weight that u and v were last computed for: after a load
-        # (state dict, pickle, Pyro's param store) the same weight reuses them, so outputs round-trip exactly
-        self.register_buffer("fingerprint", torch.zeros(3, dtype=torch.float64))
+        # the sum of the weight that u and v were last computed for, and whether they came from a converged
+        # start: after a load (state dict, pickle, Pyro's param store) the same weight reuses them as they are
+        self.register_buffer("weight_sum", torch.zeros(()))
+        self.register_buffer("warm", torch.zeros(()))
+        self._warm_written = False
         self._seen: tuple | None = None
 
     def _key(self) -> tuple:
         return (self.weight._version, self.weight.data_ptr(), self.weight.dtype)
 
-    def _weight_sums(self) -> torch.Tensor:
-        w = self.weight.detach().to(self.fingerprint.dtype)
-        return torch.stack([w.sum(), w.square().sum()])
-
     @torch.no_grad()
     def restore_state(self) -> None:
-        """Take up ``u``, ``v`` and ``fingerprint`` just loaded from elsewhere:
-        they are used as they are while the weight is the one they belong to."""
-        self._warm = bool(self.fingerprint[0])
-        self._seen = self._key() if torch.equal(self.fingerprint[1:], self._weight_sums()) else None
+        """Take up ``u``, ``v``, ``weight_sum`` and ``warm`` just loaded from
+        elsewhere: the vectors are used as they are while the weight is the one
+        they belong to (same sum)."""
+        self._warm = self._warm_written = bool(self.warm)
+        same = torch.equal(self.weight_sum, self.weight.detach().sum().to(self.weight_sum))
+        self._seen = self._key() if same else None
 
     def __getstate__(self):
         return {**super().__getstate__(), "_seen": None}  # pointers do not survive pickling
@@ -82,7 +82,8 @@ class _SpectralNorm:
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         if state_dict.pop(prefix + "synced", None) is not None:  # written by earlier releases
-            state_dict.setdefault(prefix + "fingerprint", torch.zeros_like(self.fingerprint))
+            state_dict.setdefault(prefix + "weight_sum", torch.full_like(self.weight_sum, torch.nan))
+            state_dict.setdefault(prefix + "warm", torch.zeros_like(self.warm))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
         self.restore_state()
 
@@ -114,8 +115,10 @@ class _SpectralNorm:
         if converged:  # a zero weight leaves the vectors as they were
             self.u.copy_(u)
             self.v.copy_(v)
-        self.fingerprint[0] = float(self._warm)
-        self.fingerprint[1:] = self._weight_sums()
+        if self._warm_written != self._warm:  # changes once, when the first estimate converges
+            self.warm.fill_(float(self._warm))
+            self._warm_written = self._warm
+        self.weight_sum.copy_(self.weight.detach().sum())
         self._seen = key
 
     def normalized_weight(self) -> torch.Tensor:
