@@ -360,7 +360,7 @@ def _keep_state_in_param_store(name: str, module: torch.nn.Module) -> None:
     them; values already in the store (after a load) are copied in."""
     store = pyro.get_param_store()
     for path, layer in module.named_modules():
-        if not hasattr(layer, "restore_state"):
+        if not hasattr(layer, "keep_state_current"):
             continue
         for buffer_name, buffer in layer.named_buffers(recurse=False):
             key = f"{name}$$${path}.{buffer_name}" if path else f"{name}$$${buffer_name}"
@@ -369,3 +369,4 @@ def _keep_state_in_param_store(name: str, module: torch.nn.Module) -> None:
                     buffer.copy_(store[key])
             store[key] = buffer.detach()  # an alias: a later save sees the current values
         layer.restore_state()
+        layer.keep_state_current()

@@ -58,7 +58,7 @@ class _SpectralNorm:
         # start: after a load (state dict, pickle, Pyro's param store) the same weight reuses them as they are
         self.register_buffer("weight_sum", torch.zeros(()))
         self.register_buffer("warm", torch.zeros(()))
-        self._warm_written = False
+        self._eager = False  # write them after every iteration (for Pyro's param store), not only when saved
         self._seen: tuple | None = None
 
     def _key(self) -> tuple:
@@ -69,11 +69,31 @@ class _SpectralNorm:
         """Take up ``u``, ``v``, ``weight_sum`` and ``warm`` just loaded from
         elsewhere: the vectors are used as they are while the weight is the one
         they belong to (same sum)."""
-        self._warm = self._warm_written = bool(self.warm)
+        self._warm = bool(self.warm)
         same = torch.equal(self.weight_sum, self.weight.detach().sum().to(self.weight_sum))
         self._seen = self._key() if same else None
 
+    def keep_state_current(self) -> None:
+        """Write ``weight_sum`` and ``warm`` after every power iteration, for a
+        store that saves the buffers without asking (Pyro's param store);
+        otherwise they are written only when the module is saved."""
+        self._eager = True
+
+    @torch.no_grad()
+    def _write_state(self) -> None:
+        """``weight_sum`` of the weight the vectors belong to (NaN, which no weight matches, if it changed since)."""
+        synced = self._seen == self._key()
+        self.weight_sum.copy_(self.weight.detach().sum() if synced else torch.tensor(float("nan")))
+        self.warm.fill_(float(self._warm))
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        if not self._eager:
+            self._write_state()
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+
     def __getstate__(self):
+        if not self._eager:
+            self._write_state()
         return {**super().__getstate__(), "_seen": None}  # pointers do not survive pickling
 
     def __setstate__(self, state):
@@ -115,11 +135,9 @@ class _SpectralNorm:
         if converged:  # a zero weight leaves the vectors as they were
             self.u.copy_(u)
             self.v.copy_(v)
-        if self._warm_written != self._warm:  # changes once, when the first estimate converges
-            self.warm.fill_(float(self._warm))
-            self._warm_written = self._warm
-        self.weight_sum.copy_(self.weight.detach().sum())
         self._seen = key
+        if self._eager:
+            self._write_state()
 
     def normalized_weight(self) -> torch.Tensor:
         self._power_iteration()
