@@ -92,6 +92,7 @@ def test_state_dict_loaded_before_the_first_call_skips_the_warm_start(hierarchic
     fresh = AutoFlow(model)
     fresh.load_state_dict(torch.load(tmp_path / "guide.pt"))  # default weights_only
     fresh(*args)
+    assert all(torch.equal(value, fresh.state_dict()[name]) for name, value in guide.state_dict().items())
     pyro.set_rng_seed(3)
     torch.testing.assert_close(fresh.sample_posterior(5)["a"], expected)
 
@@ -114,6 +115,7 @@ def test_param_store_reload_does_not_refit(hierarchical, tmp_path, monkeypatch):
     monkeypatch.setattr(autoguide, "mean_field_vector", no_warm_start)
     fresh = AutoFlow(model)
     fresh(*args)
+    assert all(torch.equal(value, fresh.state_dict()[name]) for name, value in guide.state_dict().items())
     pyro.set_rng_seed(3)
     torch.testing.assert_close(fresh.sample_posterior(5)["a"], expected)
 

@@ -164,3 +164,34 @@ def test_warm_start_puts_the_globals_at_the_laplace_approximation_of_their_exact
     assert torch.allclose(guide.preconditioner_loc, loc, atol=1e-4)
     cov = guide.preconditioner_scale_tril @ guide.preconditioner_scale_tril.T
     assert torch.allclose(cov, scale_tril @ scale_tril.T, rtol=1e-3, atol=1e-6)
+
+
+def poisson_effects(group, y):
+    mu = pyro.sample("mu", dist.Normal(0.0, 2.0))
+    tau = pyro.sample("tau", dist.HalfNormal(1.0))
+    with pyro.plate("groups", 20):
+        a = pyro.sample("a", dist.Normal(mu, tau))
+    with pyro.plate("rows", len(y)):
+        pyro.sample("y", dist.Poisson(a[..., group].exp()), obs=y)
+
+
+def _member_head_gradients(guide, model, *args):
+    pyro.infer.Trace_ELBO().differentiable_loss(model, guide, *args).backward()
+    return [p.grad for p in guide.members.head.parameters()]
+
+
+def test_member_networks_are_skipped_only_where_the_newton_gaussian_is_exact():
+    # Gaussian effects with a Gaussian likelihood: the Newton step is the exact conditional, nothing to correct
+    args = data_args(30)
+    gaussian = AutoFlow(h.regression)
+    gaussian(*args)
+    assert gaussian._exact_locals and "exact Gaussian locals" in repr(gaussian)
+    assert all(grad is None for grad in _member_head_gradients(gaussian, h.regression, *args))
+    # Poisson counts: the Laplace step is only an approximation, which the member flow corrects
+    pyro.clear_param_store()  # two guides of one name share the store
+    group = torch.arange(20).repeat_interleave(5)
+    y = torch.poisson(torch.exp(0.5 + 0.3 * torch.randn(20))[group])
+    poisson = AutoFlow(poisson_effects)
+    poisson(group, y)
+    assert not poisson._exact_locals
+    assert all(grad is not None for grad in _member_head_gradients(poisson, poisson_effects, group, y))

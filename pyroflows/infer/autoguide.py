@@ -121,6 +121,7 @@ class AutoFlow(StructuredForm, AutoContinuous):
         self.conditional = conditional
         self._pending_state: dict | None = None
         self._local_laplace: LocalLaplace | None = None
+        self._exact_locals = False  # the Newton Gaussian is the locals' exact conditional: no member networks
         self._model_args: tuple | None = None
 
     # ---- set-up -------------------------------------------------------------------------------------------------
@@ -145,12 +146,13 @@ class AutoFlow(StructuredForm, AutoContinuous):
                 dtype = sites[0][1]["value"].dtype
                 reload = self._pyro_get_fullname("preconditioner_loc") in pyro.get_param_store()
                 self._build(layout, dtype)  # takes values already in the param store
-                if self._pending_state is not None:
+                loaded = self._pending_state is not None
+                if loaded:
                     state, self._pending_state = self._pending_state, None
                     super().load_state_dict(state)
                 elif not reload:
                     self._warm_start(layout, space, dtype, args, kwargs)
-                warm = self._pending_state is None and not reload and self.warm_start is not None
+                warm = not loaded and not reload and self.warm_start is not None  # loading never re-fits
                 self._plate_nesting = max_plate_nesting(self.prototype_trace)
                 self._model_args = (args, kwargs)
                 self._local_laplace = self._make_local_laplace(layout, args, kwargs)
@@ -170,6 +172,7 @@ class AutoFlow(StructuredForm, AutoContinuous):
             anchor = self.members.loc[index].reshape(self._member_shape(len(index), plate.dim))
             values = self._global_values(self.preconditioner_loc.detach())
         if laplace.deterministic(values, anchor, index, args, kwargs):
+            self._exact_locals = laplace.quadratic(values, anchor, index, args, kwargs)
             return laplace
         warnings.warn(
             "AutoFlow: the model, given the guide's latents, still draws random numbers (a site hidden by "
@@ -350,6 +353,7 @@ class AutoFlow(StructuredForm, AutoContinuous):
         dim = getattr(self, "latent_dim", None)
         layout = getattr(self, "_layout", None)
         form = "structured" if layout is not None and layout.plate is not None else "joint"
+        form += " (exact Gaussian locals)" if self._exact_locals else ""
         return f"flow={self.flow_spec!r}, warm_start={self.warm_start!r}, latent_dim={dim}, form={form}"
 
 

@@ -58,17 +58,7 @@ def newton_gaussian(
     positive definite or whose step exceeds ``MAX_STEP`` sds stay at the
     anchor with scale ``fallback_scale`` (..., d). Differentiable throughout.
     """
-    keep = torch.is_grad_enabled()  # else (sampling) the Hessian needs no graph of its own
-    with torch.enable_grad():
-        point = anchor if anchor.requires_grad else anchor.detach().requires_grad_(True)
-        (grad,) = torch.autograd.grad(log_density(point), point, create_graph=True)
-        columns = [
-            torch.autograd.grad(grad[..., k].sum(), point, create_graph=keep, retain_graph=True)[0]
-            for k in range(grad.shape[-1])
-        ]
-    if not keep:
-        point, grad = point.detach(), grad.detach()
-    hessian = torch.stack(columns, -1)
+    point, grad, hessian = _gradient_and_hessian(log_density, anchor)
     precision = -0.5 * (hessian + hessian.mT)
     with torch.no_grad():
         chol = small_linalg.cholesky(precision)
@@ -80,6 +70,23 @@ def newton_gaussian(
     grad = torch.where(ok[..., None], grad, torch.zeros_like(grad))
     chol = small_linalg.cholesky(precision)
     return point + small_linalg.cholesky_solve(grad, chol), chol
+
+
+def _gradient_and_hessian(log_density, anchor: torch.Tensor):
+    """``(point, gradient, Hessian blocks)`` of ``log_density`` at ``anchor``
+    (..., d), the blocks from ``d`` Hessian-vector products; differentiable
+    when gradients are enabled (else detached: sampling needs no graph)."""
+    keep = torch.is_grad_enabled()
+    with torch.enable_grad():
+        point = anchor if anchor.requires_grad else anchor.detach().requires_grad_(True)
+        (grad,) = torch.autograd.grad(log_density(point), point, create_graph=True)
+        columns = [
+            torch.autograd.grad(grad[..., k].sum(), point, create_graph=keep, retain_graph=True)[0]
+            for k in range(grad.shape[-1])
+        ]
+    if not keep:
+        point, grad = point.detach(), grad.detach()
+    return point, grad, torch.stack(columns, -1)
 
 
 class _MemberTerms(Messenger):
@@ -169,6 +176,24 @@ class LocalLaplace:
             mean, chol = newton_gaussian(density, anchor, scale)
             total = total + density(mean) - chol.diagonal(dim1=-2, dim2=-1).log().sum()
         return total
+
+    @torch.no_grad()
+    def quadratic(self, global_values, anchor, index, args, kwargs) -> bool:
+        """Whether each member's log density is quadratic in its locals, so
+        that the Newton Gaussian is their exact conditional posterior (a
+        Gaussian likelihood on Gaussian random effects, centred or not): its
+        Hessian blocks agree, to float rounding, at the anchor and one unit
+        away, at the given globals and at globals half a unit away."""
+        hessians = []
+        for shift in (0.0, 0.5):
+            values = {name: value + shift for name, value in global_values.items()}
+            density = functools.partial(self.log_density, values, index=index, args=args, kwargs=kwargs)
+            hessians += [_gradient_and_hessian(density, anchor + step)[2] for step in (0.0, 1.0)]
+        first, second = hessians[0::2], hessians[1::2]
+        if not all(torch.isfinite(h).all() for h in hessians):
+            return False
+        tolerance = 1e-4 * max(h.abs().amax() for h in hessians)  # float32 rounding
+        return all(bool((a - b).abs().amax() <= tolerance) for a, b in zip(first, second, strict=True))
 
     def deterministic(self, global_values, anchor, index, args, kwargs) -> bool:
         """Whether the conditioned model draws no random numbers (every site it

@@ -94,6 +94,7 @@ class MemberFlow(nn.Module):
         index: torch.Tensor | None = None,
         plate_dim: int = -1,
         gaussian: tuple[torch.Tensor, torch.Tensor] | None = None,
+        exact: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Locals and log|det| for base draws ``eps``.
 
@@ -102,7 +103,9 @@ class MemberFlow(nn.Module):
         broadcasts against its batch dims; ``index`` (B,) names the members
         (``None``: all). ``gaussian``: a per-draw ``(mean, R)`` (precision
         ``R R^T``, from `newton_gaussian`)
-        that replaces the free location and scale: ``l = mean + R^{-T} v``.
+        that replaces the free location and scale: ``l = mean + R^{-T} v``;
+        with ``exact`` (that Gaussian is the exact conditional) ``v = eps``: the
+        networks have nothing to correct and are skipped.
         Returns locals of ``eps``'s shape and log|det| of its batch shape.
         """
 
@@ -110,6 +113,9 @@ class MemberFlow(nn.Module):
             param = param if index is None else param[index]
             return param.reshape(param.shape[:1] + (1,) * (-plate_dim - 1) + param.shape[1:])
 
+        if exact and gaussian is not None:
+            mean, chol = gaussian
+            return mean + solve_lower_transpose(chol, eps), -chol.diagonal(dim1=-2, dim2=-1).log().sum(-1)
         embedding = rows(self.embedding)
         batch = torch.broadcast_shapes(eps.shape[:-1], whitened.shape[:-1], embedding.shape[:-1])
         parts = (whitened.expand(batch + whitened.shape[-1:]), embedding.expand(batch + embedding.shape[-1:]))

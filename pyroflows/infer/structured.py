@@ -80,7 +80,7 @@ class StructuredForm:
             fallback = members.log_scale[index].exp().reshape(shape)
             args, kwargs = self._model_args
             gaussian = self._local_laplace.gaussian(global_values, anchor, index, fallback, args, kwargs)
-        return members(eps_l, w, index, plate_dim, gaussian)
+        return members(eps_l, w, index, plate_dim, gaussian, exact=self._exact_locals)
 
     def _global_values(self, g: torch.Tensor) -> dict[str, torch.Tensor]:
         """Unconstrained value of each global site for globals ``g`` (..., Dg)."""
