@@ -88,37 +88,45 @@ class EarlyStopping:
         return step - self.best_step >= self.patience
 
 
-class IterateAverage:
+class _Average:
+    """What both averages share: ``count`` updates folded into ``values``
+    (``None`` before the first), and their state for checkpoints."""
+
+    count: int
+    values: list[torch.Tensor] | None
+
+    def average(self) -> list[torch.Tensor] | None:
+        return self.values
+
+    def state_dict(self) -> dict:
+        return {"count": self.count, "values": self.values}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.count, self.values = state["count"], state["values"]
+
+
+class IterateAverage(_Average):
     """The running mean of parameters from step ``start`` on (Polyak-Ruppert)."""
 
     def __init__(self, start: int) -> None:
-        self.start, self.count, self.mean = start, 0, None
+        self.start, self.count, self.values = start, 0, None
 
     def begin(self, params: list[torch.Tensor]) -> None:
         """Forget the average (a new or changed parameter list)."""
-        self.count, self.mean = 0, None
+        self.count, self.values = 0, None
 
     @torch.no_grad()
     def update(self, step: int, params: list[torch.Tensor]) -> None:
         if step < self.start:
             return
         self.count += 1
-        if self.mean is None:
-            self.mean = [p.detach().clone() for p in params]
+        if self.values is None:
+            self.values = [p.detach().clone() for p in params]
         else:
-            torch._foreach_lerp_(self.mean, [p.detach() for p in params], 1.0 / self.count)
-
-    def average(self) -> list[torch.Tensor] | None:
-        return self.mean
-
-    def state_dict(self) -> dict:
-        return {"count": self.count, "mean": self.mean}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.count, self.mean = state["count"], state["mean"]
+            torch._foreach_lerp_(self.values, [p.detach() for p in params], 1.0 / self.count)
 
 
-class ExponentialAverage:
+class ExponentialAverage(_Average):
     """Exponential moving average of the parameters, starting from their
     values at `begin`; the decay is warmed up as
     ``min(decay, (1 + n) / (10 + n))`` after ``n`` updates, so short runs are
@@ -137,25 +145,16 @@ class ExponentialAverage:
     def __init__(self, decay: float) -> None:
         if not 0.0 <= decay < 1.0:
             raise ValueError(f"ema must be in [0, 1) or None, got {decay!r}")
-        self.decay, self.updates, self.shadow = decay, 0, None
+        self.decay, self.count, self.values = decay, 0, None
 
     def begin(self, params: list[torch.Tensor]) -> None:
-        self.updates, self.shadow = 0, [p.detach().clone() for p in params]
+        self.count, self.values = 0, [p.detach().clone() for p in params]
 
     @torch.no_grad()
     def update(self, step: int, params: list[torch.Tensor]) -> None:
-        self.updates += 1
-        rate = min(self.decay, (1 + self.updates) / (10 + self.updates))
-        torch._foreach_lerp_(self.shadow, [p.detach() for p in params], 1 - rate)
-
-    def average(self) -> list[torch.Tensor] | None:
-        return self.shadow
-
-    def state_dict(self) -> dict:
-        return {"updates": self.updates, "shadow": self.shadow}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.updates, self.shadow = state["updates"], state["shadow"]
+        self.count += 1
+        rate = min(self.decay, (1 + self.count) / (10 + self.count))
+        torch._foreach_lerp_(self.values, [p.detach() for p in params], 1 - rate)
 
 
 def clip_gradients(grads: list[torch.Tensor], clip_norm: float | None) -> float:
