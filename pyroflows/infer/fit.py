@@ -150,10 +150,17 @@ def _prime(elbo: ELBO, model, guide, args, kwargs, may_fall_back: bool) -> ELBO:
         with torch.no_grad():
             elbo.loss(model, guide, *args, **kwargs)
     except (ValueError, RuntimeError):
-        if not may_fall_back or not getattr(elbo, "vectorize_particles", False):
+        elbo = _sequential(elbo, may_fall_back)
+        if elbo is None:
             raise
-        elbo = Trace_ELBO(num_particles=elbo.num_particles, vectorize_particles=False)
     return elbo
+
+
+def _sequential(elbo: ELBO, may_fall_back: bool) -> ELBO | None:
+    """The sequential-particles ELBO to fall back on when vectorising fails, or ``None`` where fit may not."""
+    if not may_fall_back or not getattr(elbo, "vectorize_particles", False):
+        return None
+    return Trace_ELBO(num_particles=elbo.num_particles, vectorize_particles=False)
 
 
 class _ParamStoreState:
@@ -193,9 +200,10 @@ def _loss_and_grads(elbo, model, guide, args, kwargs, trainer: Trainer, may_fall
     except (ValueError, RuntimeError) as err:
         if _loss_is_non_finite(elbo, model, guide, args, kwargs):  # e.g. Pyro's validation caught a NaN
             trainer.fail(f"loss ({str(err).splitlines()[0][:200]})", err)
-        if trainer.step_count or not may_fall_back or not getattr(elbo, "vectorize_particles", False):
+        sequential = None if trainer.step_count else _sequential(elbo, may_fall_back)
+        if sequential is None:
             raise
-        elbo = Trace_ELBO(num_particles=elbo.num_particles, vectorize_particles=False)
+        elbo = sequential
         with poutine.trace(param_only=True) as capture:
             value = elbo.loss_and_grads(model, guide, *args, **kwargs)  # fails alike: its error is the real one
         warnings.warn(f"vectorised particles failed ({err}); using sequential particles", stacklevel=3)
