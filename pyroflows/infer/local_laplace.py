@@ -37,6 +37,7 @@ from pyro.poutine.messenger import Messenger
 from pyro.poutine.util import site_is_subsample
 
 from pyroflows.infer import small_linalg
+from pyroflows.infer.indexing import IndexSelectMode
 from pyroflows.infer.latent import isolated
 from pyroflows.infer.layout import LatentLayout
 
@@ -144,7 +145,12 @@ class LocalLaplace:
                 total = total + site.transform.log_abs_det_jacobian(u, values[name]).sum()
         values[plate.name] = index
         terms = _MemberTerms(plate.name, len(index) / plate.size, plate_only)
-        with isolated(), pyro.validation_enabled(False), terms:  # the guide's run of the model validates these
+        with (
+            isolated(),
+            pyro.validation_enabled(False),
+            terms,
+            IndexSelectMode(),
+        ):  # the guide's run of the model validates these
             poutine.condition(self.model, data=values)(*args, **kwargs)
         total = total + terms.total
         return total
