@@ -16,6 +16,7 @@ they are.
 
     python benchmarks/posteriors.py                # everything (about an hour here)
     python benchmarks/posteriors.py --only kidiq-kidscore_momiq --no-nuts
+    python benchmarks/posteriors.py --guides AutoFlow --no-nuts --stop --results posteriors_stop
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from pyro.infer import autoguide
 
 from pyroflows import posteriors
 from pyroflows.diagnostics import compare, draw, nuts, posterior_draws, psis
-from pyroflows.infer import AutoFlow, fit, init_to_mean_or_zero
+from pyroflows.infer import AutoFlow, StopRule, fit, init_to_mean_or_zero
 
 GUIDES = {
     "AutoFlow": lambda m: AutoFlow(m),
@@ -59,12 +60,13 @@ def score(post, samples: dict, khat: float | None) -> dict:
     }
 
 
-def run_guide(post, name: str, steps: int, seconds: float, seed: int) -> dict:
+def run_guide(post, name: str, steps: int, seconds: float, seed: int, stop: bool = False) -> dict:
     pyro.clear_param_store()
     pyro.set_rng_seed(seed)
     try:
         guide = GUIDES[name](post.model)
-        start = time.perf_counter()
+        rule = StopRule() if stop else None
+        start, cpu = time.perf_counter(), time.process_time()
         losses = fit(
             post.model,
             guide,
@@ -73,13 +75,15 @@ def run_guide(post, name: str, steps: int, seconds: float, seed: int) -> dict:
             max_seconds=seconds,
             progress=False,
             seed=seed,
+            stop=rule,
             **post.kwargs,
         )
-        wall = time.perf_counter() - start
+        wall, cpu = time.perf_counter() - start, time.process_time() - cpu
         d = draw(post.model, guide, *post.args, num_samples=4000, **post.kwargs)
         lw = d.log_weights
         khat = psis(lw).khat if torch.isfinite(lw).all() else float("inf")
-        return {"wall_s": wall, "steps": len(losses), **score(post, d.samples, khat)}
+        stopped = {"stop": rule.reason.split(":")[0], "rule_khat": rule.checks[-1][1]} if rule else {}
+        return {"wall_s": wall, "cpu_s": cpu, "steps": len(losses), **score(post, d.samples, khat), **stopped}
     except Exception as err:  # noqa: BLE001 - a crash is a result here
         return {"error": f"{type(err).__name__}: {str(err).splitlines()[0][:80]}"}
 
@@ -111,6 +115,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=60.0)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-nuts", action="store_true")
+    parser.add_argument("--stop", action="store_true", help="fit with StopRule() (steps and seconds become caps)")
     parser.add_argument("--nuts-samples", type=int, default=1000)
     parser.add_argument("--nuts-warmup", type=int, default=500)
     parser.add_argument("--nuts-timeout", type=float, default=900.0)
@@ -126,7 +131,7 @@ def main() -> None:
             row = {
                 "posterior": name.split("-")[0],
                 "method": guide,
-                **run_guide(post, guide, args.steps, args.seconds, args.seed),
+                **run_guide(post, guide, args.steps, args.seconds, args.seed, args.stop),
             }
             rows.append(row)
             print(row, flush=True)
@@ -138,7 +143,20 @@ def main() -> None:
             }
             rows.append(row)
             print(row, flush=True)
-    columns = ["posterior", "method", "wall_s", "steps", "khat", "mean_err", "log_sd", "energy", "pass", "error"]
+    columns = [
+        "posterior",
+        "method",
+        "wall_s",
+        "cpu_s",
+        "steps",
+        "khat",
+        "mean_err",
+        "log_sd",
+        "pass",
+        "rule_khat",
+        "stop",
+        "error",
+    ]
     print(table(rows, columns))
     flow_rows = [r for r in rows if r["method"] == "AutoFlow"]
     print(

@@ -12,7 +12,7 @@ from pathlib import Path
 ROOT = Path(__file__).parent.parent / "pyroflows"
 # lower layers first; a unit may import its own layer or any layer below
 LAYERS = [
-    {"validation", "training"},
+    {"validation", "training", "distributed"},
     {"nn"},
     {"transforms"},
     {"distributions", "testing"},
@@ -20,7 +20,7 @@ LAYERS = [
     {"images"},
     {"infer", "posteriors"},
     {"diagnostics", "matching", "discrete", "datasets"},
-    {"cli", "__init__"},
+    {"cli", "fit_command", "__init__"},
 ]
 LAYER = {unit: rank for rank, units in enumerate(LAYERS) for unit in units}
 

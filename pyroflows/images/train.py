@@ -10,16 +10,15 @@ the single-process run exactly.
 from __future__ import annotations
 
 import math
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
+from pyroflows.distributed import setup_distributed
 from pyroflows.images.model import ImageFlow
 from pyroflows.training import Trainer, load_checkpoint, save_checkpoint, warmup_polynomial
 
@@ -39,17 +38,6 @@ class ImageHistory:
     layer_log_dets: list[dict] = field(default_factory=list)
     reconstruction_error: list[float] = field(default_factory=list)
     epoch_seconds: list[float] = field(default_factory=list)
-
-
-def setup_distributed() -> tuple[int, int]:
-    """Join the process group when launched by ``torchrun`` (``WORLD_SIZE > 1``);
-    return ``(rank, world_size)``."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
 
 
 def save_image_grid(

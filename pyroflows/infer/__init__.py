@@ -7,6 +7,7 @@ from pyroflows.infer.latent import LatentSpace, init_to_mean_or_zero, init_to_un
 from pyroflows.infer.mass_covering import fit_mass_covering
 from pyroflows.infer.neutra import neutra
 from pyroflows.infer.prior import FlowPrior
+from pyroflows.infer.stopping import StopRule
 from pyroflows.infer.warm_start import laplace
 
 __all__ = [
@@ -16,6 +17,7 @@ __all__ = [
     "FlowPrior",
     "LatentSpace",
     "NonFiniteLossError",
+    "StopRule",
     "default_options",
     "fit",
     "fit_mass_covering",

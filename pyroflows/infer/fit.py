@@ -15,9 +15,14 @@ import torch
 from pyro import poutine
 from pyro.infer import ELBO, Trace_ELBO
 
+from pyroflows.distributed import all_average, broadcast, setup_distributed
+from pyroflows.distributed import rank_and_world as _rank_and_world
+from pyroflows.infer.data_parallel import average_gradients, sharded, synchronise_parameters
+from pyroflows.infer.stopping import StopRule
 from pyroflows.training import IterateAverage, NonFiniteLossError, Trainer, check_positive, warmup_cosine
 
-__all__ = ["NonFiniteLossError", "fit"]
+__all__ = ["NonFiniteLossError", "StopRule", "fit"]
+logger = logging.getLogger("pyroflows.fit")
 
 
 def _loss_is_non_finite(elbo: ELBO, model, guide, args, kwargs) -> bool:
@@ -81,25 +86,26 @@ def fit(
     seed: int | None = None,
     checkpoint: str | Path | None = None,
     checkpoint_every: int = 500,
+    stop: StopRule | str | None = None,
+    data_plate: str | None = None,
     **kwargs,
 ) -> np.ndarray:
     """Fit ``guide`` to ``model`` by SVI; return the loss (negative ELBO) per step.
 
-    Adam on all of the guide's (and model's) parameters, learning rate warmed
-    up linearly over the first ``warmup`` fraction of steps then cosine-decayed
-    to ``final_lr * lr``; gradients clipped to global norm ``clip_norm``;
-    ``Trace_ELBO`` with ``num_particles`` particles, vectorised when the model
-    allows (else sequential, with a warning). Works with any Pyro guide.
-    Over the last ``average`` fraction of steps (0: off) the parameters are
-    averaged (Polyak-Ruppert) and the guide keeps the average.
-
-    A NaN or infinite loss or gradient restores the parameters that produced
-    the last finite loss and raises `NonFiniteLossError`. Optional
-    ``early_stopping`` (patience in steps) and ``max_seconds`` stop early.
-    With ``checkpoint`` (a path) Pyro's param store and the run's state are
-    saved there every ``checkpoint_every`` steps and at the end; a call on an
-    existing file loads them (into the param store) and goes on to ``num_steps``.
-    ``*args, **kwargs`` go to the model and guide.
+    Adam on the guide's (and model's) parameters, the rate warmed up over
+    ``warmup`` of the steps, then cosine-decayed to ``final_lr * lr``, the
+    parameters averaged over the last ``average`` (Polyak-Ruppert);
+    gradients clipped to norm ``clip_norm``; ``Trace_ELBO`` with
+    ``num_particles`` particles, vectorised where the model allows. Any
+    Pyro guide. ``stop`` (a `StopRule`, or ``"auto"``) runs that schedule
+    in cycles and stops once k-hat and two cycles agree (``num_steps`` and
+    ``max_seconds`` are then caps). A NaN or infinite loss or gradient
+    restores the last finite step's parameters and raises
+    `NonFiniteLossError`. ``early_stopping`` is a patience in steps;
+    ``checkpoint`` (a path) is saved every ``checkpoint_every`` steps and
+    resumed from. Under ``torchrun`` each process passes its shard of the
+    data and ``data_plate`` names the plate over it
+    (`pyroflows.infer.data_parallel`). ``*args, **kwargs``: the model's.
 
     Examples:
         >>> import pyro.distributions as dist
@@ -111,16 +117,103 @@ def fit(
     """
     _check_options(num_steps, lr, num_particles, clip_norm, early_stopping, max_seconds, warmup, average, final_lr)
     elbo = _seed_and_elbo(seed, loss, num_particles, vectorize_particles)
-    trainer = _trainer(num_steps, warmup, final_lr, average, clip_norm, early_stopping, max_seconds, progress)
+    rule = _stop_rule(stop)
+    model, guide, world, progress, rule = _processes(
+        model, guide, data_plate, args, kwargs, checkpoint, seed, progress, rule
+    )
+    trainer = _trainer(num_steps, warmup, final_lr, average, clip_norm, early_stopping, max_seconds, progress, rule)
     if checkpoint is not None:  # loads the param store: before the guide's first run
         elbo = _keep_checkpoint(trainer, checkpoint, checkpoint_every, elbo, model, guide, args, kwargs, loss is None)
     with _quiet_plate_nesting_guess():
-        while trainer.running:
-            value, elbo, params = _loss_and_grads(elbo, model, guide, args, kwargs, trainer, loss is None)
-            if trainer.optimizer is None or len(params) != len(trainer.params):
-                trainer.use(torch.optim.Adam(params, lr=lr, foreach=True))  # Pyro made new parameters
-            trainer.step(value)
-    return np.asarray(trainer.close())
+        _run(trainer, rule, elbo, model, guide, args, kwargs, lr, average, loss is None, world)
+    return _finish(trainer, rule)
+
+
+def _finish(trainer: Trainer, rule: StopRule | None) -> np.ndarray:
+    losses = np.asarray(trainer.close())
+    if rule is not None:
+        _report(rule, trainer.step_count)
+    return losses
+
+
+def _processes(model, guide, plate, args, kwargs, checkpoint, seed, progress, rule):
+    """Model, guide, number of processes, progress and rule for this process
+    (under torchrun: scaled to its shard, progress on process 0 only)."""
+    rank, world = setup_distributed()
+    if world > 1:
+        model, guide = _data_parallel(model, guide, plate, args, kwargs, checkpoint, seed)
+        progress, rule = progress and rank == 0, rule and rule.sharded()
+    return model, guide, world, progress, rule
+
+
+def _run(trainer: Trainer, rule, elbo, model, guide, args, kwargs, lr, average, may_fall_back, world) -> None:
+    """The step loop: loss and gradients (averaged across processes), the
+    optimiser step, and the stop rule's checks at the end of each cycle."""
+    while trainer.running:
+        value, elbo, params = _loss_and_grads(elbo, model, guide, args, kwargs, trainer, may_fall_back)
+        if trainer.optimizer is None or len(params) != len(trainer.params):
+            trainer.use(torch.optim.Adam(params, lr=lr, foreach=True))  # Pyro made new parameters
+        if world > 1:
+            value = average_gradients(params, value)
+        trainer.step(value)
+        if rule is not None and rule.after_step(trainer.step_count, trainer.params, average):
+            converged = rule.end_cycle(trainer.step_count, trainer.params, model, guide, args, kwargs, _nesting(elbo))
+            trainer.stopped = _all_agree(converged) if world > 1 else converged
+    if rule is not None and rule.mid_cycle:  # a time cap cut the cycle short
+        rule.end_cycle(trainer.step_count, trainer.params, model, guide, args, kwargs, _nesting(elbo))
+
+
+def _data_parallel(model, guide, plate, args, kwargs, checkpoint, seed):
+    """Model and guide scaled for this process's shard, set up once (the
+    guide's parameters made) and synchronised to process 0's."""
+    if plate is None:
+        raise ValueError("under torchrun with several processes fit needs data_plate: the plate over each shard")
+    if checkpoint is not None:
+        raise ValueError("checkpoint is not supported in data-parallel fit; save from process 0 after fit returns")
+    model, scaled_guide = sharded(model, guide, plate, _rank_and_world()[1])
+    with torch.no_grad(), poutine.block():
+        scaled_guide(*args, **kwargs)  # makes the parameters (and runs a warm start) on this shard
+    synchronise_parameters(guide)
+    if seed is None:
+        seed = torch.randint(2**31 - 1, (1,))
+        broadcast([seed])
+    pyro.set_rng_seed(int(seed))  # from here every process draws the same particles
+    return model, scaled_guide
+
+
+def _all_agree(flag: bool) -> bool:
+    """Whether every process says yes (so that all stop at the same step)."""
+    votes = torch.tensor([float(flag)])
+    all_average([votes])
+    return bool(votes.item() == 1.0)
+
+
+def _stop_rule(stop) -> StopRule | None:
+    if stop == "auto":
+        return StopRule()
+    if isinstance(stop, StopRule):
+        stop.reset()
+    if stop is None or isinstance(stop, StopRule):
+        return stop
+    raise TypeError(f"stop must be a StopRule, 'auto' or None, got {stop!r}")
+
+
+def _nesting(elbo: ELBO) -> int:
+    """The model's plate nesting as the ELBO found it (7, Pyro's bound, if unknown)."""
+    nesting = getattr(elbo, "max_plate_nesting", math.inf)
+    return int(nesting) if math.isfinite(nesting) else 7
+
+
+def _report(rule: StopRule, step: int) -> None:
+    """Say why a run with a stop rule ended; warn when it ended at a cap with an unreliable k-hat."""
+    if rule.converged:
+        logger.info(rule.reason)
+        return
+    reason = rule.capped(step)
+    if rule.checks and rule.checks[-1][1] >= 0.7:
+        warnings.warn(f"fit {reason}: the guide is not a reliable posterior approximation", stacklevel=3)
+    else:
+        logger.info(reason)
 
 
 def _seed_and_elbo(seed: int | None, loss: ELBO | None, num_particles: int, vectorize: bool) -> ELBO:
@@ -173,14 +266,18 @@ class _ParamStoreState:
         pyro.get_param_store().set_state(state)
 
 
-def _trainer(num_steps, warmup, final_lr, average, clip_norm, early_stopping, max_seconds, progress) -> Trainer:
+def _trainer(num_steps, warmup, final_lr, average, clip_norm, early_stopping, max_seconds, progress, rule) -> Trainer:
     """fit's schedule, clipping, iterate average and stopping rules; the optimiser comes with the first step."""
+    if rule is None:
+        schedule = lambda step, done: warmup_cosine(step, num_steps, warmup, final_lr)  # noqa: E731
+    else:  # the same schedule, cycle by cycle
+        schedule = lambda step, done: rule.lr_factor(step, warmup, final_lr, num_steps)  # noqa: E731
     return Trainer(
         None,
         num_steps,
-        schedule=lambda step, done: warmup_cosine(step, num_steps, warmup, final_lr),
+        schedule=schedule,
         clip_norm=clip_norm,
-        average=IterateAverage(num_steps - int(average * num_steps) if average else num_steps),
+        average=IterateAverage(num_steps - int(average * num_steps)) if average and rule is None else None,
         early_stopping=early_stopping,
         max_seconds=max_seconds,
         restore=True,

@@ -1,0 +1,50 @@
+"""Data-parallel SVI (issue 24): two gloo processes against one."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pyro
+import pytest
+import torch
+
+from pyroflows.distributed import shard
+from pyroflows.infer import fit
+
+from .svi_worker import GUIDES, data, regression, run
+
+
+def test_two_processes_take_the_same_steps_as_one_on_the_whole_batch(tmp_path):
+    out = tmp_path / "svi.pt"
+    worker = Path(__file__).with_name("svi_worker.py")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    result = subprocess.run([*cmd, str(worker), str(out)], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    parallel = torch.load(out)
+    assert parallel["world"] == 2
+    x, y = data()
+    for name in GUIDES:
+        single, both = run(name, x, y), parallel["results"][name]
+        torch.testing.assert_close(both["losses"], single["losses"], rtol=1e-5, atol=1e-4, msg=name)
+        assert single["params"].keys() == both["params"].keys()
+        for key, value in single["params"].items():
+            torch.testing.assert_close(both["params"][key], value, rtol=1e-4, atol=1e-4, msg=f"{name} {key}")
+
+
+def test_shard_partitions_the_rows():
+    x = torch.arange(10)
+    parts = [shard(x, rank=r, world=3) for r in range(3)]
+    assert torch.equal(torch.cat(parts), x) and [len(p) for p in parts] == [3, 3, 4]
+    with pytest.raises(ValueError, match="same number of rows"):
+        shard(x, torch.zeros(4), rank=0, world=2)
+    with pytest.raises(ValueError, match="rank must be in"):
+        shard(x, rank=2, world=2)
+
+
+def test_a_single_process_ignores_data_plate():
+    pyro.clear_param_store()
+    x, y = data()
+    from pyro.infer.autoguide import AutoNormal
+
+    losses = fit(regression, AutoNormal(regression), x, y, num_steps=5, progress=False, stop=None, data_plate="rows")
+    assert len(losses) == 5
