@@ -1,4 +1,4 @@
-"""The ``pyroflows`` command line: ``pyroflows demo``."""
+"""The ``pyroflows`` command line: ``pyroflows demo`` and ``pyroflows fit``."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from pyroflows import fit_command
 
 DEMO_POSTERIOR = "eight_schools-eight_schools_noncentered"
 
@@ -68,7 +70,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=2000, help="SVI steps per guide (default: 2000)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    fit_command.add_parser(sub)
     args = parser.parse_args(argv)
+    if args.command == "fit":
+        return fit_command.run_fit(args, parser.error)
     if args.steps < 1:
         parser.error(f"--steps must be positive, got {args.steps}")
     return demo(args.out, args.steps, args.seed, not args.quiet)
