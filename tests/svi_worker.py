@@ -21,6 +21,22 @@ def regression(x, y):
         pyro.sample("y", dist.Normal(a + b * x, sigma), obs=y)
 
 
+def row_effects(x, y):
+    a = pyro.sample("a", dist.Normal(0.0, 5.0))
+    with pyro.plate("rows", len(x)):
+        effect = pyro.sample("effect", dist.Normal(0.0, 1.0))  # a latent per row: cannot be sharded
+        pyro.sample("y", dist.Normal(a + effect * x, 1.0), obs=y)
+
+
+def refused(x, y) -> str:
+    """The error of a data-parallel fit whose sharded plate holds latents."""
+    try:
+        fit(row_effects, AutoNormal(row_effects), x, y, num_steps=2, progress=False, data_plate="rows")
+    except ValueError as err:
+        return str(err)
+    return ""
+
+
 def hand_written(x, y):
     for name in ("a", "b"):
         loc = pyro.param(f"{name}_loc", torch.tensor(0.0))
@@ -60,7 +76,7 @@ def main(out: str) -> None:
     x, y = shard(*data())
     results = {name: run(name, x, y, data_plate="rows") for name in GUIDES}
     if rank == 0:
-        torch.save({"world": world, "results": results}, out)
+        torch.save({"world": world, "results": results, "refused": refused(x, y)}, out)
     dist_.barrier()
     dist_.destroy_process_group()
 

@@ -22,6 +22,7 @@ def test_two_processes_take_the_same_steps_as_one_on_the_whole_batch(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     parallel = torch.load(out)
     assert parallel["world"] == 2
+    assert "holds the latents ['effect']" in parallel["refused"]
     x, y = data()
     for name in GUIDES:
         single, both = run(name, x, y), parallel["results"][name]

@@ -12,17 +12,23 @@ single process's step on the whole batch. Parameters are set up once (the
 guide's warm start runs on every process's shard) and then broadcast from
 process 0, so all processes start from its guide. Only process 0 shows
 progress; save from process 0 after `fit` returns.
+
+The plate must hold observations only: a latent inside it would be a
+different member on each process (each numbers its shard's members from 0)
+sharing one set of guide parameters, so `fit` refuses it. Local latents
+(a plate-aware AutoFlow's members) are not supported in the sharded plate.
 """
 
 from __future__ import annotations
 
 import pyro
 import torch
+from pyro import poutine
 from pyro.poutine.messenger import Messenger
 
-from pyroflows.distributed import all_average, broadcast
+from pyroflows.distributed import all_average, broadcast, rank_and_world
 
-__all__ = ["ShardScale"]
+__all__ = ["ShardScale", "all_agree", "average_gradients", "prepare", "sharded", "synchronise_parameters"]
 
 
 class ShardScale(Messenger):
@@ -34,7 +40,7 @@ class ShardScale(Messenger):
         self.plate, self.world, self.seen = plate, world, False
 
     def _process_message(self, msg) -> None:
-        if msg["type"] == "sample" and any(f.name == self.plate for f in msg["cond_indep_stack"]):
+        if msg["type"] == "sample" and _in_plate(msg, self.plate):
             msg["scale"] = self.world * msg["scale"]
             self.seen = True
 
@@ -44,6 +50,46 @@ def sharded(model, guide, plate: str, world: int):
     if not isinstance(plate, str):
         raise TypeError(f"data_plate must name the plate over the sharded data, got {plate!r}")
     return ShardScale(plate, world)(model), ShardScale(plate, world)(guide)
+
+
+def prepare(model, guide, plate, args, kwargs, checkpoint, seed):
+    """Model and guide scaled for this process's shard, set up once (the
+    guide's parameters made) and synchronised to process 0's; every process
+    then draws from the same seed."""
+    if plate is None:
+        raise ValueError("under torchrun with several processes fit needs data_plate: the plate over each shard")
+    if checkpoint is not None:
+        raise ValueError("checkpoint is not supported in data-parallel fit; save from process 0 after fit returns")
+    model, scaled_guide = sharded(model, guide, plate, rank_and_world()[1])
+    with torch.no_grad():
+        trace = poutine.trace(scaled_guide).get_trace(*args, **kwargs)  # parameters and warm start on this shard
+    latents = [
+        name
+        for name, site in trace.iter_stochastic_nodes()
+        if _in_plate(site, plate) and not site["infer"].get("is_auxiliary")
+    ]
+    if latents:
+        raise ValueError(
+            f"data_plate {plate!r} holds the latents {latents}: each process would number its own members alike "
+            "and share their guide parameters; shard a plate of observations only"
+        )
+    synchronise_parameters(guide)
+    if seed is None:
+        seed = torch.randint(2**31 - 1, (1,))
+        broadcast([seed])
+    pyro.set_rng_seed(int(seed))
+    return model, scaled_guide
+
+
+def _in_plate(site, plate: str) -> bool:
+    return any(f.name == plate for f in site["cond_indep_stack"])
+
+
+def all_agree(flag: bool) -> bool:
+    """Whether every process says yes (so that all stop at the same step)."""
+    votes = torch.tensor([float(flag)])
+    all_average([votes])
+    return bool(votes.item() == 1.0)
 
 
 def synchronise_parameters(guide) -> None:

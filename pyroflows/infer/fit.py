@@ -15,9 +15,8 @@ import torch
 from pyro import poutine
 from pyro.infer import ELBO, Trace_ELBO
 
-from pyroflows.distributed import all_average, broadcast, setup_distributed
-from pyroflows.distributed import rank_and_world as _rank_and_world
-from pyroflows.infer.data_parallel import average_gradients, sharded, synchronise_parameters
+from pyroflows.distributed import setup_distributed
+from pyroflows.infer.data_parallel import all_agree, average_gradients, prepare
 from pyroflows.infer.stopping import StopRule
 from pyroflows.training import IterateAverage, NonFiniteLossError, Trainer, check_positive, warmup_cosine
 
@@ -141,7 +140,7 @@ def _processes(model, guide, plate, args, kwargs, checkpoint, seed, progress, ru
     (under torchrun: scaled to its shard, progress on process 0 only)."""
     rank, world = setup_distributed()
     if world > 1:
-        model, guide = _data_parallel(model, guide, plate, args, kwargs, checkpoint, seed)
+        model, guide = prepare(model, guide, plate, args, kwargs, checkpoint, seed)
         progress, rule = progress and rank == 0, rule and rule.sharded()
     return model, guide, world, progress, rule
 
@@ -158,34 +157,9 @@ def _run(trainer: Trainer, rule, elbo, model, guide, args, kwargs, lr, average, 
         trainer.step(value)
         if rule is not None and rule.after_step(trainer.step_count, trainer.params, average):
             converged = rule.end_cycle(trainer.step_count, trainer.params, model, guide, args, kwargs, _nesting(elbo))
-            trainer.stopped = _all_agree(converged) if world > 1 else converged
+            trainer.stopped = all_agree(converged) if world > 1 else converged
     if rule is not None and rule.mid_cycle:  # a time cap cut the cycle short
         rule.end_cycle(trainer.step_count, trainer.params, model, guide, args, kwargs, _nesting(elbo))
-
-
-def _data_parallel(model, guide, plate, args, kwargs, checkpoint, seed):
-    """Model and guide scaled for this process's shard, set up once (the
-    guide's parameters made) and synchronised to process 0's."""
-    if plate is None:
-        raise ValueError("under torchrun with several processes fit needs data_plate: the plate over each shard")
-    if checkpoint is not None:
-        raise ValueError("checkpoint is not supported in data-parallel fit; save from process 0 after fit returns")
-    model, scaled_guide = sharded(model, guide, plate, _rank_and_world()[1])
-    with torch.no_grad(), poutine.block():
-        scaled_guide(*args, **kwargs)  # makes the parameters (and runs a warm start) on this shard
-    synchronise_parameters(guide)
-    if seed is None:
-        seed = torch.randint(2**31 - 1, (1,))
-        broadcast([seed])
-    pyro.set_rng_seed(int(seed))  # from here every process draws the same particles
-    return model, scaled_guide
-
-
-def _all_agree(flag: bool) -> bool:
-    """Whether every process says yes (so that all stop at the same step)."""
-    votes = torch.tensor([float(flag)])
-    all_average([votes])
-    return bool(votes.item() == 1.0)
 
 
 def _stop_rule(stop) -> StopRule | None:
