@@ -37,7 +37,7 @@ def shard(*tensors: torch.Tensor, rank: int | None = None, world: int | None = N
     Examples:
         >>> x = torch.arange(10)
         >>> shard(x, rank=1, world=3)
-        tensor([4, 5, 6])
+        tensor([3, 4, 5])
     """
     if rank is None or world is None:
         rank, world = rank_and_world()
