@@ -49,3 +49,9 @@ def test_a_single_process_ignores_data_plate():
 
     losses = fit(regression, AutoNormal(regression), x, y, num_steps=5, progress=False, stop=None, data_plate="rows")
     assert len(losses) == 5
+
+
+def test_data_plate_must_name_a_plate():
+    x, y = data()
+    with pytest.raises(TypeError, match="data_plate must be a plate's name"):
+        fit(regression, GUIDES["AutoNormal"](), x, y, num_steps=2, progress=False, data_plate=3)

@@ -138,6 +138,8 @@ def _finish(trainer: Trainer, rule: StopRule | None) -> np.ndarray:
 def _processes(model, guide, plate, args, kwargs, checkpoint, seed, progress, rule):
     """Model, guide, number of processes, progress and rule for this process
     (under torchrun: scaled to its shard, progress on process 0 only)."""
+    if plate is not None and not isinstance(plate, str):
+        raise TypeError(f"data_plate must be a plate's name (str) or None, got {plate!r}")
     rank, world = setup_distributed()
     if world > 1:
         model, guide = prepare(model, guide, plate, args, kwargs, checkpoint, seed)
@@ -163,7 +165,7 @@ def _run(trainer: Trainer, rule, elbo, model, guide, args, kwargs, lr, average, 
 
 
 def _stop_rule(stop) -> StopRule | None:
-    if stop == "auto":
+    if isinstance(stop, str) and stop == "auto":
         return StopRule()
     if isinstance(stop, StopRule):
         stop.reset()
