@@ -127,7 +127,8 @@ class StopRule:
         """Fold the step's parameters into the cycle's average (its last
         ``average`` fraction); True at the cycle's end."""
         start, length = self._cycle
-        if self._average is None or self._average.start < start:
+        fresh = self._average is None or self._average.start < start
+        if fresh or (self._average.values is not None and len(self._average.values) != len(params)):  # new params
             self._average = IterateAverage(start + length - max(1, int(average * length)))
             self._average.begin(params)
         self._average.update(step - 1, params)
