@@ -60,7 +60,7 @@ def score(post, samples: dict, khat: float | None) -> dict:
     }
 
 
-def run_guide(post, name: str, steps: int, seconds: float, seed: int, stop: bool = False) -> dict:
+def run_guide(post, name: str, steps: int, seconds: float, seed: int, stop: bool = False, particles="8") -> dict:
     pyro.clear_param_store()
     pyro.set_rng_seed(seed)
     try:
@@ -76,6 +76,7 @@ def run_guide(post, name: str, steps: int, seconds: float, seed: int, stop: bool
             progress=False,
             seed=seed,
             stop=rule,
+            num_particles=particles if particles == "auto" else int(particles),
             **post.kwargs,
         )
         wall, cpu = time.perf_counter() - start, time.process_time() - cpu
@@ -116,6 +117,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-nuts", action="store_true")
     parser.add_argument("--stop", action="store_true", help="fit with StopRule() (steps and seconds become caps)")
+    parser.add_argument("--particles", default="8", help="fit's num_particles: a number or auto (default 8)")
     parser.add_argument("--nuts-samples", type=int, default=1000)
     parser.add_argument("--nuts-warmup", type=int, default=500)
     parser.add_argument("--nuts-timeout", type=float, default=900.0)
@@ -131,7 +133,7 @@ def main() -> None:
             row = {
                 "posterior": name.split("-")[0],
                 "method": guide,
-                **run_guide(post, guide, args.steps, args.seconds, args.seed, args.stop),
+                **run_guide(post, guide, args.steps, args.seconds, args.seed, args.stop, args.particles),
             }
             rows.append(row)
             print(row, flush=True)

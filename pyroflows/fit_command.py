@@ -113,11 +113,11 @@ def run_fit(options, usage_error) -> int:
     folder = Path(options.out)
     folder.mkdir(parents=True, exist_ok=True)
     pyro.clear_param_store()
-    guide, rule = make_guide(options.guide, model), StopRule() if options.stop else None
+    guide, rule = make_guide(options.guide, model), None if options.fixed else StopRule()
     start = time.perf_counter()
     losses = fit(
-        model, guide, num_steps=options.steps, max_seconds=options.seconds,
-        seed=options.seed, progress=not options.quiet, stop=rule, **data,
+        model, guide, num_steps=options.steps, max_seconds=options.seconds, seed=options.seed,
+        num_particles=8 if options.fixed else "auto", progress=not options.quiet, stop=rule, **data,
     )  # fmt: skip
     seconds = time.perf_counter() - start
     print(f"{options.guide}: {len(losses)} steps in {seconds:.1f} s; final loss {np.mean(losses[-50:]):.2f}")
@@ -164,8 +164,8 @@ def add_parser(sub) -> None:
     p.add_argument("--data", help="named arrays (.npz, .pt or .csv) passed as the model's keyword arguments")
     p.add_argument("--out", default="pyroflows-fit", help="output folder (default: pyroflows-fit)")
     p.add_argument("--guide", choices=GUIDES, default="AutoFlow")
-    p.add_argument("--steps", type=int, default=2000, help="SVI steps (with --stop: at most; default 2000)")
-    p.add_argument("--stop", action="store_true", help="stop early once k-hat and two annealed cycles agree")
+    p.add_argument("--steps", type=int, default=2000, help="at most this many SVI steps (default 2000)")
+    p.add_argument("--fixed", action="store_true", help="exactly --steps steps, 8 particles (no stop rule)")
     p.add_argument("--seconds", type=float, help="time cap in seconds")
     p.add_argument("--samples", type=int, default=4000, help="posterior draws written (default: 4000)")
     p.add_argument("--seed", type=int, default=0)

@@ -53,7 +53,17 @@ def _regression_files(tmp_path):
 def test_fit_command_writes_inference_data_diagnostics_and_pair_plot(tmp_path, capsys, data):
     model = _regression_files(tmp_path)
     out = tmp_path / "out"
-    argv = ["fit", f"{model}:regression", "--data", str(tmp_path / data), "--out", str(out), "--steps", "300"]
+    argv = [
+        "fit",
+        f"{model}:regression",
+        "--data",
+        str(tmp_path / data),
+        "--out",
+        str(out),
+        "--steps",
+        "300",
+        "--fixed",
+    ]
     assert main([*argv, "--samples", "1000", "--quiet"]) == 0
     printed = capsys.readouterr().out
     assert "PSIS k-hat" in printed and "ran the 300 steps" in printed
@@ -69,7 +79,7 @@ def test_fit_command_writes_inference_data_diagnostics_and_pair_plot(tmp_path, c
 def test_fit_command_stop_rule_reports_why_it_stopped(tmp_path, capsys):
     model = _regression_files(tmp_path)
     argv = ["fit", f"{model}:regression", "--data", str(tmp_path / "data.npz"), "--out", str(tmp_path / "o")]
-    assert main([*argv, "--stop", "--steps", "700", "--samples", "500", "--quiet"]) == 0
+    assert main([*argv, "--steps", "700", "--samples", "500", "--quiet"]) == 0  # stop rule and auto particles
     printed = capsys.readouterr().out
     assert "converged at step" in printed or "by the step or time cap" in printed
 

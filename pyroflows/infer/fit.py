@@ -15,8 +15,9 @@ import torch
 from pyro import poutine
 from pyro.infer import ELBO, Trace_ELBO
 
-from pyroflows.distributed import setup_distributed
+from pyroflows.distributed import broadcast, rank_and_world, setup_distributed
 from pyroflows.infer.data_parallel import all_agree, average_gradients, prepare
+from pyroflows.infer.particles import choose_particles
 from pyroflows.infer.stopping import StopRule
 from pyroflows.training import IterateAverage, NonFiniteLossError, Trainer, check_positive, warmup_cosine
 
@@ -54,7 +55,8 @@ def _quiet_plate_nesting_guess():
 def _check_options(num_steps, lr, num_particles, clip_norm, early_stopping, max_seconds, warmup, average, final_lr):
     check_positive("num_steps", num_steps, numbers.Integral)
     check_positive("lr", lr)
-    check_positive("num_particles", num_particles, numbers.Integral)
+    if num_particles != "auto":
+        check_positive("num_particles", num_particles, numbers.Integral)
     check_positive("clip_norm", clip_norm, optional=True)
     check_positive("early_stopping", early_stopping, numbers.Integral, optional=True)
     check_positive("max_seconds", max_seconds, optional=True)
@@ -76,7 +78,7 @@ def fit(
     final_lr: float = 0.05,
     clip_norm: float | None = 10.0,
     average: float = 0.2,
-    num_particles: int = 8,
+    num_particles: int | str = 8,
     vectorize_particles: bool = True,
     loss: ELBO | None = None,
     early_stopping: int | None = None,
@@ -95,10 +97,11 @@ def fit(
     ``warmup`` of the steps, then cosine-decayed to ``final_lr * lr``, the
     parameters averaged over the last ``average`` (Polyak-Ruppert);
     gradients clipped to norm ``clip_norm``; ``Trace_ELBO`` with
-    ``num_particles`` particles, vectorised where the model allows. Any
-    Pyro guide. ``stop`` (a `StopRule`, or ``"auto"``) runs that schedule
-    in cycles and stops once k-hat and two cycles agree (``num_steps`` and
-    ``max_seconds`` are then caps). A NaN or infinite loss or gradient
+    ``num_particles`` particles (``"auto"``: as many as come almost free),
+    vectorised where the model allows. Any Pyro guide. ``stop`` (a
+    `StopRule`, or ``"auto"``) runs that schedule in cycles and stops once
+    k-hat and two cycles agree (``num_steps``, ``max_seconds``: caps). A
+    NaN or infinite loss or gradient
     restores the last finite step's parameters and raises
     `NonFiniteLossError`. ``early_stopping`` is a patience in steps;
     ``checkpoint`` (a path) is saved every ``checkpoint_every`` steps and
@@ -115,11 +118,9 @@ def fit(
         300
     """
     _check_options(num_steps, lr, num_particles, clip_norm, early_stopping, max_seconds, warmup, average, final_lr)
-    elbo = _seed_and_elbo(seed, loss, num_particles, vectorize_particles)
-    rule = _stop_rule(stop)
-    model, guide, world, progress, rule = _processes(
-        model, guide, data_plate, args, kwargs, checkpoint, seed, progress, rule
-    )
+    elbo = _seed_and_elbo(seed, loss, num_particles, vectorize_particles, (model, guide, args, kwargs))
+    run = _processes(model, guide, data_plate, args, kwargs, checkpoint, seed, progress, _stop_rule(stop))
+    model, guide, world, progress, rule = run
     trainer = _trainer(num_steps, warmup, final_lr, average, clip_norm, early_stopping, max_seconds, progress, rule)
     if checkpoint is not None:  # loads the param store: before the guide's first run
         elbo = _keep_checkpoint(trainer, checkpoint, checkpoint_every, elbo, model, guide, args, kwargs, loss is None)
@@ -192,10 +193,24 @@ def _report(rule: StopRule, step: int) -> None:
         logger.info(reason)
 
 
-def _seed_and_elbo(seed: int | None, loss: ELBO | None, num_particles: int, vectorize: bool) -> ELBO:
+def _seed_and_elbo(seed: int | None, loss: ELBO | None, num_particles, vectorize: bool, problem) -> ELBO:
+    """Seed Pyro; the ELBO to train on (``num_particles="auto"`` measured on
+    ``problem``, the model, guide and their arguments)."""
     if seed is not None:
         pyro.set_rng_seed(seed)
+    if num_particles == "auto":
+        if loss is not None:
+            raise TypeError("num_particles='auto' picks Trace_ELBO's particles; with loss=... set them on the loss")
+        num_particles = _auto_particles(*problem)
     return loss or Trace_ELBO(num_particles=num_particles, vectorize_particles=vectorize and num_particles > 1)
+
+
+def _auto_particles(model, guide, args, kwargs) -> int:
+    """``num_particles="auto"`` (process 0's choice under torchrun)."""
+    num = torch.tensor([choose_particles(model, guide, args, kwargs)])
+    if rank_and_world()[1] > 1:
+        broadcast([num])
+    return int(num)
 
 
 def _keep_checkpoint(trainer: Trainer, path, every: int, elbo: ELBO, model, guide, args, kwargs, may_fall_back):

@@ -1,0 +1,51 @@
+"""``num_particles="auto"``: as many particles as come almost free.
+
+A step of a small model costs about the same with 8 particles as with 64:
+Pyro's and the flow's per-step Python work dominates, not the arithmetic
+(measured, one thread: eight schools 9.1 / 9.3 ms a step at 8 / 64
+particles, kidiq 6.0 / 6.6; diamonds' 5,000 rows 12.2 / 26.3, garch's
+time series 11.3 / 58.0). More particles cut the gradient's noise, which
+is what the step count and the final average fight. `choose_particles`
+times the ELBO's forward pass and takes the most particles whose pass
+costs at most ``tolerance`` times 8 particles'.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+from pyro.infer import Trace_ELBO
+
+__all__ = ["choose_particles"]
+
+CANDIDATES = (64, 32, 16)
+BASE = 8
+
+
+def choose_particles(model, guide, args, kwargs, tolerance: float = 1.3) -> int:
+    """The most of 64, 32, 16 particles whose vectorised ELBO costs at most
+    ``tolerance`` times 8 particles' (8 when none does, or when the model
+    does not vectorise). Sets the guide up first (its warm start) if needed."""
+    try:
+        base = _seconds(model, guide, args, kwargs, BASE)
+        for num in CANDIDATES:
+            if _seconds(model, guide, args, kwargs, num) <= tolerance * base:
+                return num
+    except (ValueError, RuntimeError, NotImplementedError):  # the model does not vectorise: fit falls back
+        pass
+    return BASE
+
+
+def _seconds(model, guide, args, kwargs, num: int) -> float:
+    """The best of three timed forward passes of a ``num``-particle ELBO."""
+    elbo = Trace_ELBO(num_particles=num, vectorize_particles=True)
+    times = []
+    with torch.no_grad():
+        elbo.loss(model, guide, *args, **kwargs)  # the guide's set-up, the ELBO's plate guess
+        with torch.random.fork_rng(devices=[]):
+            for _ in range(3):
+                start = time.perf_counter()
+                elbo.loss(model, guide, *args, **kwargs)
+                times.append(time.perf_counter() - start)
+    return min(times)
