@@ -210,6 +210,7 @@ def _auto_particles(model, guide, args, kwargs) -> int:
     num = torch.tensor([choose_particles(model, guide, args, kwargs)])
     if rank_and_world()[1] > 1:
         broadcast([num])
+    logger.info("num_particles='auto': %d particles", int(num))
     return int(num)
 
 
