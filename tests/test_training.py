@@ -10,7 +10,7 @@ from pyro.infer.autoguide import AutoNormal, init_to_mean
 
 from pyroflows.datasets import toy_2d
 from pyroflows.discrete import DiscreteFlowMatcher, MixturePath, train_discrete
-from pyroflows.infer import AutoFlow, fit
+from pyroflows.infer import AutoFlow, StopRule, fit
 from pyroflows.matching import FlowMatcher, train_matcher
 from pyroflows.nn.tokens import SequenceTransformer
 from pyroflows.nn.velocity import TimeMLP
@@ -102,14 +102,21 @@ def _regression(calls: list | None = None):
 GUIDES = {"AutoNormal": lambda model: AutoNormal(model, init_loc_fn=init_to_mean), "AutoFlow": AutoFlow}
 
 
+def _never_stopping_rule():  # checks every 4 steps (mid-run state to keep), never converges
+    return StopRule(khat=1e-9, drift=1e-9, first=4, num_draws=50)
+
+
+@pytest.mark.filterwarnings("ignore:fit stopped")
+@pytest.mark.parametrize("with_rule", [False, True], ids=["fixed", "stop rule"])
 @pytest.mark.parametrize("make_guide", list(GUIDES.values()), ids=list(GUIDES))
-def test_fit_killed_after_a_checkpoint_resumes_to_the_uninterrupted_result(make_guide, tmp_path):
+def test_fit_killed_after_a_checkpoint_resumes_to_the_uninterrupted_result(make_guide, with_rule, tmp_path):
     options = {"num_steps": 12, "num_particles": 2, "progress": False, "seed": 0}
+    rule = _never_stopping_rule if with_rule else lambda: None
     model = _regression()
     pyro.clear_param_store()
     straight_guide = make_guide(model)
     straight_guide()  # set up as the killed run's guide is
-    expected = fit(model, straight_guide, **options)
+    expected = fit(model, straight_guide, stop=rule(), **options)
     straight = {name: value.detach().clone() for name, value in pyro.get_param_store().items()}
 
     path, calls = tmp_path / "fit.pt", []
@@ -119,11 +126,11 @@ def test_fit_killed_after_a_checkpoint_resumes_to_the_uninterrupted_result(make_
     guide()  # set up (AutoFlow's warm start runs the model many times), then count only the fit's runs
     calls[:], killed.stop_at = [], 9  # ELBO's plate guess and one run a step: dies in step 8
     with pytest.raises(_Interrupt):
-        fit(killed, guide, checkpoint=path, checkpoint_every=5, **options)
+        fit(killed, guide, checkpoint=path, checkpoint_every=5, stop=rule(), **options)
     assert load_checkpoint(path, ("trainer",))["trainer"]["step"] == 5
     pyro.clear_param_store()  # a new process
     model = _regression()
-    resumed = fit(model, make_guide(model), checkpoint=path, **options)
+    resumed = fit(model, make_guide(model), checkpoint=path, stop=rule(), **options)
 
     assert resumed.tolist() == expected.tolist()
     for name, value in pyro.get_param_store().items():

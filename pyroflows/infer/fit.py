@@ -123,7 +123,9 @@ def fit(
     model, guide, world, progress, rule = run
     trainer = _trainer(num_steps, warmup, final_lr, average, clip_norm, early_stopping, max_seconds, progress, rule)
     if checkpoint is not None:  # loads the param store: before the guide's first run
-        elbo = _keep_checkpoint(trainer, checkpoint, checkpoint_every, elbo, model, guide, args, kwargs, loss is None)
+        elbo = _keep_checkpoint(
+            trainer, checkpoint, checkpoint_every, elbo, (model, guide, args, kwargs), loss is None, rule
+        )
     with _quiet_plate_nesting_guess():
         _run(trainer, rule, elbo, model, guide, args, kwargs, lr, average, loss is None, world)
     return _finish(trainer, rule)
@@ -214,17 +216,34 @@ def _auto_particles(model, guide, args, kwargs) -> int:
     return int(num)
 
 
-def _keep_checkpoint(trainer: Trainer, path, every: int, elbo: ELBO, model, guide, args, kwargs, may_fall_back):
-    """Save the param store and the run to ``path`` as it goes; resume from it
-    if it exists, replaying step 0's set-up first (the guide's and the ELBO's
-    random draws). Returns the ELBO to go on with."""
+def _keep_checkpoint(trainer: Trainer, path, every: int, elbo: ELBO, problem, may_fall_back, rule):
+    """Save the param store, the run and the stop rule to ``path`` as it
+    goes; resume from it if it exists, replaying step 0's set-up first (the
+    guide's and the ELBO's random draws). Returns the ELBO to go on with."""
     primed = [elbo]
 
     def prime() -> None:
-        primed[0] = _prime(elbo, model, guide, args, kwargs, may_fall_back)
+        primed[0] = _prime(elbo, *problem, may_fall_back)
 
-    trainer.keep_checkpoint(path, {"param_store": _ParamStoreState()}, None, every, prime)
+    modules = {"param_store": _ParamStoreState(), "stop_rule": _RuleState(rule)}
+    trainer.keep_checkpoint(path, modules, None, every, prime)
     return primed[0]
+
+
+class _RuleState:
+    """The stop rule (or its absence) as a checkpoint entry."""
+
+    def __init__(self, rule: StopRule | None) -> None:
+        self.rule = rule
+
+    def state_dict(self) -> dict | None:
+        return None if self.rule is None else self.rule.state_dict()
+
+    def load_state_dict(self, state: dict | None) -> None:
+        if (state is None) != (self.rule is None):
+            raise ValueError("the checkpoint was written with a different stop rule setting; resume with the same")
+        if self.rule is not None:
+            self.rule.load_state_dict(state)
 
 
 def _prime(elbo: ELBO, model, guide, args, kwargs, may_fall_back: bool) -> ELBO:

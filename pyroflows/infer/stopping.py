@@ -89,7 +89,21 @@ class StopRule:
     def reset(self) -> None:
         """Forget a previous run (`fit` calls it first)."""
         self.reason, self.checks, self.converged = "", [], False
-        self._cycle, self._average, self._moments, self._sharded = None, None, None, False
+        self._cycle, self._average, self._moments, self._sharded, self._peak = None, None, None, False, 1.0
+
+    def state_dict(self) -> dict:
+        """What a resumed run needs to go on exactly (`fit` keeps it in its checkpoint)."""
+        average = None if self._average is None else {"start": self._average.start, **self._average.state_dict()}
+        kept = {"cycle": self._cycle, "peak": self._peak, "moments": self._moments, "average": average}
+        return {**kept, "checks": list(self.checks), "converged": self.converged, "reason": self.reason}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._cycle, self._peak, self._moments = state["cycle"], state["peak"], state["moments"]
+        self.checks, self.converged, self.reason = list(state["checks"]), state["converged"], state["reason"]
+        self._average = None
+        if state["average"] is not None:
+            self._average = IterateAverage(state["average"]["start"])
+            self._average.load_state_dict(state["average"])
 
     def sharded(self) -> StopRule:
         """This rule for a data-parallel run: log p is a shard's estimate, so no k-hat."""
