@@ -123,9 +123,7 @@ def fit(
     model, guide, world, progress, rule = run
     trainer = _trainer(num_steps, warmup, final_lr, average, clip_norm, early_stopping, max_seconds, progress, rule)
     if checkpoint is not None:  # loads the param store: before the guide's first run
-        elbo = _keep_checkpoint(
-            trainer, checkpoint, checkpoint_every, elbo, (model, guide, args, kwargs), loss is None, rule
-        )
+        elbo = _keep_checkpoint(trainer, checkpoint, checkpoint_every, elbo, (model, guide, args, kwargs, loss), rule)
     with _quiet_plate_nesting_guess():
         _run(trainer, rule, elbo, model, guide, args, kwargs, lr, average, loss is None, world)
     return _finish(trainer, rule)
@@ -216,14 +214,15 @@ def _auto_particles(model, guide, args, kwargs) -> int:
     return int(num)
 
 
-def _keep_checkpoint(trainer: Trainer, path, every: int, elbo: ELBO, problem, may_fall_back, rule):
+def _keep_checkpoint(trainer: Trainer, path, every: int, elbo: ELBO, problem, rule):
     """Save the param store, the run and the stop rule to ``path`` as it
     goes; resume from it if it exists, replaying step 0's set-up first (the
     guide's and the ELBO's random draws). Returns the ELBO to go on with."""
     primed = [elbo]
 
     def prime() -> None:
-        primed[0] = _prime(elbo, *problem, may_fall_back)
+        model, guide, args, kwargs, loss = problem
+        primed[0] = _prime(elbo, model, guide, args, kwargs, loss is None)
 
     modules = {"param_store": _ParamStoreState(), "stop_rule": _RuleState(rule)}
     trainer.keep_checkpoint(path, modules, None, every, prime)
