@@ -31,25 +31,26 @@ def choose_particles(model, guide, args, kwargs, tolerance: float = 1.3) -> int:
     if needed."""
     chosen = BASE
     try:
-        base = _seconds(model, guide, args, kwargs, BASE)
-        for num in CANDIDATES:  # fewest first: a large model stops at the first costly count
-            if _seconds(model, guide, args, kwargs, num) > tolerance * base:
-                break
-            chosen = num
+        with torch.no_grad():
+            Trace_ELBO().loss(model, guide, *args, **kwargs)  # the guide's set-up, drawing as at step 0
+        with torch.random.fork_rng(devices=[]):  # the timing draws leave training's stream alone
+            base = _seconds(model, guide, args, kwargs, BASE)
+            for num in CANDIDATES:  # fewest first: a large model stops at the first costly count
+                if _seconds(model, guide, args, kwargs, num) > tolerance * base:
+                    break
+                chosen = num
     except (ValueError, RuntimeError, NotImplementedError):  # the model does not vectorise: fit falls back
         pass
     return chosen
 
 
 def _seconds(model, guide, args, kwargs, num: int) -> float:
-    """The best of three timed forward passes of a ``num``-particle ELBO."""
+    """The best of three timed forward passes of a ``num``-particle ELBO (after one untimed)."""
     elbo = Trace_ELBO(num_particles=num, vectorize_particles=True)
     times = []
     with torch.no_grad():
-        elbo.loss(model, guide, *args, **kwargs)  # the guide's set-up, the ELBO's plate guess
-        with torch.random.fork_rng(devices=[]):
-            for _ in range(3):
-                start = time.perf_counter()
-                elbo.loss(model, guide, *args, **kwargs)
-                times.append(time.perf_counter() - start)
-    return min(times)
+        for _ in range(4):
+            start = time.perf_counter()
+            elbo.loss(model, guide, *args, **kwargs)
+            times.append(time.perf_counter() - start)
+    return min(times[1:])
