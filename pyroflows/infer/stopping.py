@@ -21,7 +21,7 @@ else the next cycle starts. The cycles are cut to fit the step cap, so a
 run that reaches it ends annealed and averaged too.
 
 Cost: per cycle one vectorised run of model and guide on ``num_draws``
-draws (in chunks of 250), about the forward cost of ``num_draws /
+draws (in chunks of at most 250 draws and about 2**24 log-density entries), about the forward cost of ``num_draws /
 num_particles`` steps; at least two cycles. The checks run on a forked
 random stream: they do not change the training trajectory.
 
@@ -35,6 +35,7 @@ meaningless: the rule then uses the drift only, and says so in ``reason``.
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 from dataclasses import dataclass, field
@@ -170,12 +171,12 @@ class StopRule:
         numbers (so two checks differ only by what training changed)."""
         log_weights, values, subsampled = [], {}, self._sharded
         with torch.random.fork_rng(devices=[]), torch.no_grad(), poutine.block():
+            draw = functools.partial(vectorized_importance_weights, model, guide, *args, max_plate_nesting=nesting)
+            chunk = _chunk(draw(num_samples=2, **kwargs)[1])
             torch.manual_seed(_SEED)
-            for start in range(0, self.num_draws, _CHUNK):
-                num = min(_CHUNK, self.num_draws - start)
-                lw, trace, _ = vectorized_importance_weights(
-                    model, guide, *args, num_samples=num, max_plate_nesting=nesting, **kwargs
-                )
+            for start in range(0, self.num_draws, chunk):
+                num = min(chunk, self.num_draws - start)
+                lw, trace, _ = draw(num_samples=num, **kwargs)
                 log_weights.append(lw.double().reshape(num))
                 subsampled = subsampled or _subsampled(trace)
                 for name, value in _latents(trace, num):
@@ -192,6 +193,13 @@ class StopRule:
             last = "no check"
         self.reason = f"stopped at step {step} by the step or time cap without converging ({last})"
         return self.reason
+
+
+def _chunk(trace) -> int:
+    """Draws per vectorised pass: at most 250, and about 2**24 log-density
+    entries (a large model's pass must not outgrow memory)."""
+    per_draw = sum(site["log_prob"].numel() for site in trace.nodes.values() if "log_prob" in site) / 2
+    return int(max(1, min(_CHUNK, 2**24 // max(per_draw, 1))))
 
 
 def _latents(trace, num: int):
