@@ -37,18 +37,15 @@ class ShardScale(Messenger):
 
     def __init__(self, plate: str, world: int) -> None:
         super().__init__()
-        self.plate, self.world, self.seen = plate, world, False
+        self.plate, self.world = plate, world
 
     def _process_message(self, msg) -> None:
         if msg["type"] == "sample" and _in_plate(msg, self.plate):
             msg["scale"] = self.world * msg["scale"]
-            self.seen = True
 
 
 def sharded(model, guide, plate: str, world: int):
     """``model`` and ``guide`` with plate ``plate`` scaled for ``world`` processes."""
-    if not isinstance(plate, str):
-        raise TypeError(f"data_plate must name the plate over the sharded data, got {plate!r}")
     return ShardScale(plate, world)(model), ShardScale(plate, world)(guide)
 
 

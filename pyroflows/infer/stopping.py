@@ -21,8 +21,8 @@ else the next cycle starts. The cycles are cut to fit the step cap, so a
 run that reaches it ends annealed and averaged too.
 
 Cost: per cycle one vectorised run of model and guide on ``num_draws``
-draws (in chunks of at most 250 draws and about 2**24 log-density entries), about the forward cost of ``num_draws /
-num_particles`` steps; at least two cycles. The checks run on a forked
+draws (in chunks of at most 250 draws and about 2**24 log-density
+entries), about the forward cost of ``num_draws / num_particles`` steps; at least two cycles. The checks run on a forked
 random stream: they do not change the training trajectory.
 
 Failure modes: k-hat is an estimate (about +-0.1 at 2000 draws), so a guide
@@ -46,7 +46,7 @@ from pyro import poutine
 from pyro.infer.importance import vectorized_importance_weights
 from pyro.poutine.util import site_is_subsample
 
-from pyroflows.training import IterateAverage, check_positive
+from pyroflows.training import IterateAverage, check_positive, warmup_cosine
 
 __all__ = ["StopRule"]
 
@@ -91,6 +91,7 @@ class StopRule:
         """Forget a previous run (`fit` calls it first)."""
         self.reason, self.checks, self.converged = "", [], False
         self._cycle, self._average, self._moments, self._sharded, self._peak = None, None, None, False, 1.0
+        self._chunk = None
 
     def state_dict(self) -> dict:
         """What a resumed run needs to go on exactly (`fit` keeps it in its checkpoint)."""
@@ -132,11 +133,7 @@ class StopRule:
             self._peak = 1.0 if self._cycle is None else max(final, self._peak * self.restart)
             self._cycle = (step, self.plan(step, cap))
         start, length = self._cycle
-        warm = max(1, int(warmup * length))
-        if step - start < warm:
-            return self._peak * (step - start + 1) / warm
-        progress = (step - start - warm) / max(1, length - warm)
-        return final + (self._peak - final) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+        return self._peak * warmup_cosine(step - start, length, warmup, final / self._peak)
 
     def after_step(self, step: int, params: list[torch.Tensor], average: float) -> bool:
         """Fold the step's parameters into the cycle's average (its last
@@ -172,10 +169,11 @@ class StopRule:
         log_weights, values, subsampled = [], {}, self._sharded
         with torch.random.fork_rng(devices=[]), torch.no_grad(), poutine.block():
             draw = functools.partial(vectorized_importance_weights, model, guide, *args, max_plate_nesting=nesting)
-            chunk = _chunk(draw(num_samples=2, **kwargs)[1])
+            if self._chunk is None:  # the model's size does not change between checks
+                self._chunk = _chunk(draw(num_samples=2, **kwargs)[1])
             torch.manual_seed(_SEED)
-            for start in range(0, self.num_draws, chunk):
-                num = min(chunk, self.num_draws - start)
+            for start in range(0, self.num_draws, self._chunk):
+                num = min(self._chunk, self.num_draws - start)
                 lw, trace, _ = draw(num_samples=num, **kwargs)
                 log_weights.append(lw.double().reshape(num))
                 subsampled = subsampled or _subsampled(trace)
