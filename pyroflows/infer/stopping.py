@@ -40,12 +40,12 @@ import math
 import numbers
 from dataclasses import dataclass, field
 
-import numpy as np
 import torch
 from pyro import poutine
 from pyro.infer.importance import vectorized_importance_weights
 from pyro.poutine.util import site_is_subsample
 
+from pyroflows.infer.psis import psis
 from pyroflows.training import IterateAverage, check_positive, warmup_cosine
 
 __all__ = ["StopRule"]
@@ -229,10 +229,4 @@ def _subsampled(trace) -> bool:
 
 
 def _khat(log_weights: torch.Tensor) -> float:
-    import arviz as az
-
-    lw = log_weights.numpy()
-    if not np.isfinite(lw).all():
-        return math.inf
-    _, khat = az.psislw(lw.copy())
-    return float(khat)
+    return psis(log_weights).khat if torch.isfinite(log_weights).all() else math.inf
