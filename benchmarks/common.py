@@ -11,6 +11,8 @@ from pathlib import Path
 import torch
 
 RESULTS = Path(__file__).parent / "results"
+# fit's fixed schedule: exactly num_steps steps at 8 particles, as the VI tables were measured
+FIXED_SCHEDULE = {"stop": None, "num_particles": 8}
 
 
 def alternated_ms_per_step(step_fns: dict, rounds: int = 5, steps: int = 30) -> dict[str, float]:

@@ -28,7 +28,7 @@ import numpy as np
 import pyro
 import pyro.distributions as dist
 import torch
-from common import save, table
+from common import FIXED_SCHEDULE, save, table
 from pyro.infer.autoguide import AutoNormal
 
 from pyroflows.distributed import setup_distributed, shard
@@ -56,7 +56,7 @@ def timed(guide_name: str, x, y, batch: int, steps: int, warmup: int, data_plate
     """``warmup`` steps, then ``steps`` timed steps (the same run continued)."""
     pyro.clear_param_store()
     guide = GUIDES[guide_name](regression)
-    kw = {"seed": seed, "progress": False, "data_plate": data_plate}
+    kw = {"seed": seed, "progress": False, "data_plate": data_plate, **FIXED_SCHEDULE}
     fit(regression, guide, x, y, batch, num_steps=warmup, **kw)
     start = time.perf_counter()
     losses = fit(regression, guide, x, y, batch, num_steps=steps, **kw)

@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import pyro
 import torch
-from common import save, table
+from common import FIXED_SCHEDULE, save, table
 from pyro.distributions.transforms import biject_to
 from pyro.infer.autoguide import AutoNormal
 
@@ -63,7 +63,7 @@ def run(guide_name, model, args, kwargs, steps, moments, names, seed=0) -> dict:
     pyro.set_rng_seed(seed)
     guide = GUIDES[guide_name](model)
     cpu, wall = time.process_time(), time.perf_counter()
-    losses = fit(model, guide, *args, num_steps=steps, progress=False, seed=seed, **kwargs)
+    losses = fit(model, guide, *args, num_steps=steps, progress=False, seed=seed, **FIXED_SCHEDULE, **kwargs)
     cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
     d = draw(model, guide, *args, num_samples=4000, **kwargs)
     finite = torch.isfinite(d.log_weights)
@@ -99,9 +99,9 @@ def small(reference: dict, guides, steps: int) -> list[dict]:
 
 
 def step_ms(model, guide, args, kwargs, steps: int = 30) -> float:
-    fit(model, guide, *args, num_steps=5, progress=False, **kwargs)  # set up outside the timing
+    fit(model, guide, *args, num_steps=5, progress=False, **FIXED_SCHEDULE, **kwargs)  # set up outside the timing
     start = time.perf_counter()
-    fit(model, guide, *args, num_steps=steps, progress=False, **kwargs)
+    fit(model, guide, *args, num_steps=steps, progress=False, **FIXED_SCHEDULE, **kwargs)
     return 1000 * (time.perf_counter() - start) / steps
 
 
@@ -158,7 +158,7 @@ def large(steps: int, seed: int, groups: int = 20_000, rows_per_group: int = 50,
     pyro.clear_param_store()
     guide = AutoFlow(h.grouped_regression)
     cpu, wall = time.process_time(), time.perf_counter()
-    fit(h.grouped_regression, guide, *args, num_steps=steps, progress=False, seed=seed)
+    fit(h.grouped_regression, guide, *args, num_steps=steps, progress=False, seed=seed, **FIXED_SCHEDULE)
     cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
     samples = guide.sample_posterior(4000)
     exact = collapsed_moments(data)

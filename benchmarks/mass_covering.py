@@ -18,7 +18,7 @@ import warnings
 
 import pyro
 import torch
-from common import save, table
+from common import FIXED_SCHEDULE, save, table
 from posteriors import score
 
 from pyroflows import posteriors
@@ -37,7 +37,7 @@ def run(name: str, alpha: float, steps: int, seed: int) -> list[dict]:
     pyro.clear_param_store()
     guide = AutoFlow(post.model)
     start = time.perf_counter()
-    fit(post.model, guide, *post.args, progress=False, seed=seed, **post.kwargs)
+    fit(post.model, guide, *post.args, progress=False, seed=seed, **FIXED_SCHEDULE, **post.kwargs)
     base = {"posterior": name.split("-")[0], "phase": "fit", "wall_s": time.perf_counter() - start}
     rows = [{**base, **scored(post, guide)}]
     start = time.perf_counter()

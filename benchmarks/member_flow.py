@@ -19,7 +19,7 @@ import warnings
 import pyro
 import pyro.distributions as dist
 import torch
-from common import save, table
+from common import FIXED_SCHEDULE, save, table
 
 from pyroflows.diagnostics import draw, psis
 from pyroflows.infer import AutoFlow, fit
@@ -73,7 +73,7 @@ def main() -> None:
             pyro.clear_param_store()
             guide = AutoFlow(model, **options)
             cpu = time.process_time()
-            fit(model, guide, *args, progress=False, seed=0)
+            fit(model, guide, *args, progress=False, seed=0, **FIXED_SCHEDULE)
             cpu = time.process_time() - cpu
             log_w = draw(model, guide, *args, num_samples=4000).log_weights
             log_z = torch.logsumexp(log_w, 0) - torch.log(torch.tensor(float(len(log_w))))

@@ -27,7 +27,7 @@ import arviz as az
 import numpy as np
 import pyro
 import torch
-from common import save, table
+from common import FIXED_SCHEDULE, save, table
 from pyro.infer import MCMC, NUTS
 from pyro.infer.mcmc.util import initialize_model
 
@@ -108,7 +108,7 @@ def run(name: str, chains: int, warmup: int, samples: int, seed: int) -> list[di
     pyro.clear_param_store()
     guide = AutoFlow(model)
     start = time.perf_counter()
-    fit(model, guide, *args, progress=False, seed=seed, **kwargs)
+    fit(model, guide, *args, progress=False, seed=seed, **FIXED_SCHEDULE, **kwargs)
     fit_s = time.perf_counter() - start
     idata, stats = neutra(
         model, guide, *args, num_samples=samples, warmup_steps=warmup, num_chains=chains, seed=seed, **kwargs

@@ -25,7 +25,7 @@ import warnings
 import pyro
 import pyro.distributions as dist
 import torch
-from common import RESULTS, save, table
+from common import FIXED_SCHEDULE, RESULTS, save, table
 from pyro.infer import MCMC, NUTS
 from pyro.infer.autoguide import AutoMultivariateNormal, AutoNormal
 
@@ -114,7 +114,7 @@ def score(guide_name: str, dtype, moments: dict, seed: int) -> dict:
     args = data(dtype)
     guide = GUIDES[guide_name](ode.lotka_volterra)
     cpu, wall = time.process_time(), time.perf_counter()
-    fit(ode.lotka_volterra, guide, *args, progress=False, seed=seed)
+    fit(ode.lotka_volterra, guide, *args, progress=False, seed=seed, **FIXED_SCHEDULE)
     cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
     d = draw(ode.lotka_volterra, guide, *args, num_samples=4000)
     finite = torch.isfinite(d.log_weights)

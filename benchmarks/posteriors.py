@@ -3,11 +3,14 @@
 On each of the nine posteriordb posteriors, fits AutoFlow (defaults) and
 Pyro's AutoNormal, AutoMultivariateNormal, AutoIAFNormal and
 AutoNormalizingFlow (spline) with the same fit loop and budget
-(``pyroflows.infer.fit`` defaults, at most ``--steps`` steps and
-``--seconds`` seconds each), then reports fit wall seconds, PSIS k-hat, max
+(``pyroflows.infer.fit``'s defaults: stop rule and automatic particles,
+capped at ``--steps`` steps and ``--seconds`` seconds each; ``--fixed``:
+exactly ``--steps`` steps at 8 particles), then reports fit seconds,
+the particles used, PSIS k-hat, max
 standardised mean error and max |log sd ratio| against the reference draws
 (4000 guide draws). NUTS (Pyro, one chain) is run in a subprocess with a
-time limit and scored the same way.
+time limit and scored the same way; ``nuts_x`` is a passing NUTS run's
+seconds over the guide's (from ``posteriors_nuts.json`` with ``--no-nuts``).
 
 Pyro's AutoNormal and AutoMultivariateNormal get ``init_to_mean_or_zero``
 (their default init samples the prior, which improper priors cannot do);
@@ -16,20 +19,22 @@ they are.
 
     python benchmarks/posteriors.py                # everything (about an hour here)
     python benchmarks/posteriors.py --only kidiq-kidscore_momiq --no-nuts
-    python benchmarks/posteriors.py --guides AutoFlow --no-nuts --stop --results posteriors_stop
+    python benchmarks/posteriors.py --guides AutoFlow --no-nuts --results posteriors_stop
 """
 
 from __future__ import annotations
 
 import argparse
 import functools
+import json
+import logging
 import multiprocessing as mp
 import time
 import warnings
 
 import pyro
 import torch
-from common import save, table
+from common import FIXED_SCHEDULE, RESULTS, save, table
 from pyro.distributions.transforms import iterated, spline_autoregressive
 from pyro.infer import autoguide
 
@@ -60,33 +65,51 @@ def score(post, samples: dict, khat: float | None) -> dict:
     }
 
 
-def run_guide(post, name: str, steps: int, seconds: float, seed: int, stop: bool = False, particles="8") -> dict:
+class _ParticleLog(logging.Handler):
+    """Keeps the particle count ``num_particles="auto"`` chose (fit logs it)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.chosen = None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.getMessage().startswith("num_particles='auto'"):
+            self.chosen = record.args[0]
+
+
+def run_guide(post, name: str, steps: int, seconds: float, seed: int, fixed: bool = False) -> dict:
+    """One guide fitted with fit's defaults (or its fixed schedule), scored on 4000 draws."""
     pyro.clear_param_store()
     pyro.set_rng_seed(seed)
+    chosen = _ParticleLog()
+    logging.getLogger("pyroflows.fit").addHandler(chosen)
+    logging.getLogger("pyroflows.fit").setLevel(logging.INFO)
     try:
         guide = GUIDES[name](post.model)
-        rule = StopRule() if stop else None
+        rule = None if fixed else StopRule()
+        options = FIXED_SCHEDULE if fixed else {"stop": rule}
         start, cpu = time.perf_counter(), time.process_time()
-        losses = fit(
-            post.model,
-            guide,
-            *post.args,
-            num_steps=steps,
-            max_seconds=seconds,
-            progress=False,
-            seed=seed,
-            stop=rule,
-            num_particles=particles if particles == "auto" else int(particles),
-            **post.kwargs,
-        )
+        kw = {"num_steps": steps, "max_seconds": seconds, "progress": False, "seed": seed, **options, **post.kwargs}
+        losses = fit(post.model, guide, *post.args, **kw)
         wall, cpu = time.perf_counter() - start, time.process_time() - cpu
         d = draw(post.model, guide, *post.args, num_samples=4000, **post.kwargs)
         lw = d.log_weights
         khat = psis(lw).khat if torch.isfinite(lw).all() else float("inf")
         stopped = {"stop": rule.reason.split(":")[0], "rule_khat": rule.checks[-1][1]} if rule else {}
-        return {"wall_s": wall, "cpu_s": cpu, "steps": len(losses), **score(post, d.samples, khat), **stopped}
+        run = {"wall_s": wall, "cpu_s": cpu, "steps": len(losses), "particles": chosen.chosen or 8}
+        return {**run, **score(post, d.samples, khat), **stopped}
     except Exception as err:  # noqa: BLE001 - a crash is a result here
         return {"error": f"{type(err).__name__}: {str(err).splitlines()[0][:80]}"}
+    finally:
+        logging.getLogger("pyroflows.fit").removeHandler(chosen)
+
+
+def nuts_ratios(rows: list[dict], nuts_rows: list[dict]) -> None:
+    """Add ``nuts_x``: a passing NUTS run's seconds over the guide's CPU seconds, where both pass."""
+    passed = {r["posterior"]: r["wall_s"] for r in nuts_rows if r["method"] == "NUTS" and r.get("pass")}
+    for row in rows:
+        if row["method"] != "NUTS" and row.get("pass") and row["posterior"] in passed:
+            row["nuts_x"] = passed[row["posterior"]] / row["cpu_s"]
 
 
 def _nuts_worker(name, num_samples, warmup, queue):
@@ -116,8 +139,9 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=60.0)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-nuts", action="store_true")
-    parser.add_argument("--stop", action="store_true", help="fit with StopRule() (steps and seconds become caps)")
-    parser.add_argument("--particles", default="8", help="fit's num_particles: a number or auto (default 8)")
+    parser.add_argument(
+        "--fixed", action="store_true", help="fit's fixed schedule: exactly --steps steps at 8 particles (else caps)"
+    )
     parser.add_argument("--nuts-samples", type=int, default=1000)
     parser.add_argument("--nuts-warmup", type=int, default=500)
     parser.add_argument("--nuts-timeout", type=float, default=900.0)
@@ -133,7 +157,7 @@ def main() -> None:
             row = {
                 "posterior": name.split("-")[0],
                 "method": guide,
-                **run_guide(post, guide, args.steps, args.seconds, args.seed, args.stop, args.particles),
+                **run_guide(post, guide, args.steps, args.seconds, args.seed, args.fixed),
             }
             rows.append(row)
             print(row, flush=True)
@@ -145,16 +169,20 @@ def main() -> None:
             }
             rows.append(row)
             print(row, flush=True)
+    stored = RESULTS / "posteriors_nuts.json"
+    nuts_ratios(rows, rows if not args.no_nuts else json.loads(stored.read_text())["rows"])
     columns = [
         "posterior",
         "method",
         "wall_s",
         "cpu_s",
         "steps",
+        "particles",
         "khat",
         "mean_err",
         "log_sd",
         "pass",
+        "nuts_x",
         "rule_khat",
         "stop",
         "error",

@@ -71,12 +71,24 @@ def run(name: str, x, y, data_plate=None) -> dict:
     return {"losses": torch.as_tensor(losses), "params": params}
 
 
+def with_defaults(x, y) -> dict:
+    """fit's defaults (timed particles, stop rule) under torchrun: every process must take the same steps."""
+    pyro.clear_param_store()
+    losses = fit(regression, AutoNormal(regression), x, y, num_steps=1000, lr=0.05, seed=0, progress=False,
+                 data_plate="rows")  # fmt: skip
+    params = torch.cat([v.detach().reshape(-1) for _, v in sorted(pyro.get_param_store().named_parameters())])
+    gathered = [torch.zeros_like(params) for _ in range(dist_.get_world_size())]
+    dist_.all_gather(gathered, params)
+    return {"steps": len(losses), "params": torch.stack(gathered)}
+
+
 def main(out: str) -> None:
     rank, world = setup_distributed()
     x, y = shard(*data())
     results = {name: run(name, x, y, data_plate="rows") for name in GUIDES}
+    defaults = with_defaults(x, y)
     if rank == 0:
-        torch.save({"world": world, "results": results, "refused": refused(x, y)}, out)
+        torch.save({"world": world, "results": results, "refused": refused(x, y), "defaults": defaults}, out)
     dist_.barrier()
     dist_.destroy_process_group()
 

@@ -94,7 +94,7 @@ def test_one_dimensional_latent_fits_a_skewed_posterior():
 
 def test_median_and_quantiles_are_ordered_and_constrained():
     guide = AutoFlow(model_with_constraints)
-    fit(model_with_constraints, guide, num_steps=50, progress=False, seed=0)
+    fit(model_with_constraints, guide, num_steps=50, progress=False, seed=0, stop=None)
     q = guide.quantiles([0.05, 0.5, 0.95])
     assert q["scale"].shape == (3,) and (q["scale"] > 0).all()
     assert (q["p"][0] < q["p"][1]) and (q["p"][1] < q["p"][2])
@@ -148,7 +148,7 @@ def test_a_param_store_reload_restores_the_resflow_spectral_norm_state(tmp_path)
     x = torch.randn(100, 12)
     y = x @ torch.randn(12) + torch.randn(100)
     guide = AutoFlow(wide_regression, flow="resflow")
-    fit(wide_regression, guide, x, y, num_steps=30, progress=False, seed=0)
+    fit(wide_regression, guide, x, y, num_steps=30, progress=False, seed=0, stop=None)
     pyro.get_param_store().save(tmp_path / "params.pt")  # weights averaged after the last forward: not in sync
     expected = _guide_log_q(guide, x, y)
     pyro.get_param_store().save(tmp_path / "synced.pt")  # the vectors now belong to the weights
@@ -185,7 +185,7 @@ def test_resflow_preset_fits_a_banana():
     guide = AutoFlow(banana, flow="resflow", warm_start="laplace", num_transforms=2, hidden_dims=(32, 32))
     guide()
     before = draw(banana, guide, num_samples=2000).samples["y"].mean()
-    losses = fit(banana, guide, num_steps=300, lr=0.01, progress=False, seed=0)
+    losses = fit(banana, guide, num_steps=300, lr=0.01, progress=False, seed=0, stop=None)
     after = draw(banana, guide, num_samples=2000).samples["y"].mean()
     assert losses[-50:].mean() < losses[:50].mean() - 0.5
     assert after > before + 0.1  # moving from the Laplace fit at the mode towards E[y] = E[x^2] = 1

@@ -59,7 +59,7 @@ def test_explicit_max_plate_nesting(hierarchical):
 @pytest.mark.parametrize("elbo", [TraceMeanField_ELBO, TraceGraph_ELBO])
 def test_other_elbos(hierarchical, elbo):
     model, args = hierarchical
-    losses = fit(model, AutoFlow(model), *args, num_steps=5, loss=elbo(), progress=False)
+    losses = fit(model, AutoFlow(model), *args, num_steps=5, loss=elbo(), progress=False, stop=None)
     assert len(losses) == 5
 
 
@@ -68,7 +68,7 @@ def test_autoguide_list_and_block(hierarchical):
     guide = AutoGuideList(model)
     guide.append(AutoDelta(poutine.block(model, expose=["sigma"])))
     guide.append(AutoFlow(poutine.block(model, hide=["sigma"])))
-    fit(model, guide, *args, num_steps=5, progress=False)
+    fit(model, guide, *args, num_steps=5, progress=False, stop=None)
     assert set(guide(*args)) >= {"sigma", "mu_a", "a"}
 
 
@@ -76,7 +76,7 @@ def test_float64_end_to_end():
     d = h.simulate(6, 5, dtype=torch.float64)
     args = (d["x"], d["group"], 6, d["y"])
     guide = AutoFlow(h.regression)
-    fit(h.regression, guide, *args, num_steps=5, progress=False)
+    fit(h.regression, guide, *args, num_steps=5, progress=False, stop=None)
     assert guide.sample_posterior(3)["a"].dtype == torch.float64
 
 
@@ -123,7 +123,7 @@ def test_param_store_reload_does_not_refit(hierarchical, tmp_path, monkeypatch):
 def test_whole_guide_round_trips_through_torch_save(hierarchical):
     model, args = hierarchical
     guide = AutoFlow(model)
-    fit(model, guide, *args, num_steps=10, progress=False, seed=0)
+    fit(model, guide, *args, num_steps=10, progress=False, seed=0, stop=None)
     buffer = io.BytesIO()
     torch.save(guide, buffer)
     buffer.seek(0)

@@ -57,7 +57,7 @@ def test_structured_guide_is_exact_for_the_conditional_of_the_locals():
     d = h.simulate(8, 10, dtype=torch.float64)
     args = (d["x"], d["group"], 8, d["y"])
     guide = AutoFlow(h.regression)
-    fit(h.regression, guide, *args, num_steps=1500, progress=False, seed=0)
+    fit(h.regression, guide, *args, num_steps=1500, progress=False, seed=0, stop=None)
     samples = guide.sample_posterior(4000)
     stats = h.group_statistics(d["x_grouped"], d["y_grouped"])
     mu = torch.stack([samples["mu_a"], samples["mu_b"]], -1)

@@ -23,6 +23,8 @@ def test_two_processes_take_the_same_steps_as_one_on_the_whole_batch(tmp_path):
     parallel = torch.load(out)
     assert parallel["world"] == 2
     assert "holds the latents ['effect']" in parallel["refused"]
+    defaults = parallel["defaults"]  # fit's defaults: one particle count and one stop for all processes
+    assert defaults["steps"] < 1000 and torch.equal(defaults["params"][0], defaults["params"][1])
     x, y = data()
     for name in GUIDES:
         single, both = run(name, x, y), parallel["results"][name]

@@ -48,7 +48,7 @@ def test_the_guide_keeps_the_average_of_its_last_iterates():
         pyro.sample("loc", dist.Normal(loc, 1.0))
 
     data = torch.randn(20) + 4.0
-    options = {"num_steps": 40, "lr": 0.5, "num_particles": 1, "progress": False, "seed": 0}
+    options = {"num_steps": 40, "lr": 0.5, "num_particles": 1, "progress": False, "seed": 0, "stop": None}
     fit(normal_model, guide, data, average=0.0, **options)
     iterates = history[1:] + [pyro.param("q_loc").item()]  # the value after each step
     pyro.clear_param_store()
@@ -119,6 +119,7 @@ def test_bad_options_raise(options, message):
         fit(normal_model, AutoNormal(normal_model), torch.zeros(3), progress=False, **options)
 
 
+@pytest.mark.filterwarnings("ignore:fit stopped")  # 5 steps: the stop rule ends at its cap
 def test_unvectorisable_model_falls_back_to_sequential_particles():
     def loop_model(data):
         loc = pyro.sample("loc", dist.Normal(0.0, 1.0))

@@ -76,6 +76,7 @@ def test_a_failing_autoflow_set_up_shows_its_own_error_every_time():
             fit(model, guide, num_steps=3, progress=False)
 
 
+@pytest.mark.filterwarnings("ignore:fit stopped")  # 30 steps: the default stop rule stops at its cap
 def test_fit_keeps_pyro_plate_guess_and_progress_redraws_out_of_logs(caplog, capsys):
     data = torch.zeros(3)
     with caplog.at_level(logging.INFO, logger="pyro"):

@@ -23,7 +23,7 @@ def correlated():
 
 def test_fine_tuning_widens_a_mode_seeking_guide_towards_the_marginals():
     guide = AutoNormal(correlated)
-    fit(correlated, guide, num_steps=800, lr=0.05, progress=False, seed=0)
+    fit(correlated, guide, num_steps=800, lr=0.05, progress=False, seed=0, stop=None)
     before = guide.scales.x.item()
     assert before == pytest.approx(0.19**0.5, abs=0.05)
     fit_mass_covering(correlated, guide, num_steps=800, lr=0.02, progress=False, seed=0)

@@ -1,5 +1,7 @@
 """num_particles="auto" (issue 24): as many particles as come almost free."""
 
+import logging
+
 import pyro
 import pyro.distributions as dist
 import pytest
@@ -41,8 +43,10 @@ def test_fit_with_auto_particles_fits():
     assert abs(guide.median()["x"] - 1.0) < 0.2
 
 
-def test_auto_particles_with_a_custom_loss_is_refused():
-    with pytest.raises(TypeError, match="num_particles='auto'"):
-        fit(normal_model, AutoNormal(normal_model), num_steps=2, num_particles="auto", loss=Trace_ELBO())
+def test_a_custom_loss_keeps_its_own_particles(caplog):
+    with caplog.at_level(logging.INFO, logger="pyroflows.fit"):
+        losses = fit(normal_model, AutoNormal(normal_model), num_steps=2, loss=Trace_ELBO(3), progress=False, stop=None)
+    assert len(losses) == 2  # "auto" (the default) is not refused with loss=..., and times nothing
+    assert not [r for r in caplog.records if "num_particles='auto'" in r.getMessage()]
     with pytest.raises(ValueError, match="num_particles"):
         fit(normal_model, AutoNormal(normal_model), num_steps=2, num_particles="many")

@@ -43,7 +43,8 @@ def test_fit_stops_once_the_guide_has_converged_and_says_why():
 def test_checks_do_not_change_the_training_trajectory():
     def run(num_draws):
         pyro.clear_param_store()
-        rule = StopRule(khat=1e-9, first=100, num_draws=num_draws)  # checks, never converges
+        # checks, never converges; restart=1: the peak rate does not depend on what the checks saw
+        rule = StopRule(khat=1e-9, first=100, num_draws=num_draws, restart=1.0)
         guide = AutoNormal(gaussian_model)
         losses = fit(gaussian_model, guide, num_steps=600, lr=0.05, progress=False, seed=3, stop=rule)
         return losses, rule
@@ -84,7 +85,7 @@ def test_subsampled_models_stop_on_drift_without_k_hat():
     pyro.clear_param_store()
     guide, rule = AutoNormal(regression), StopRule(drift=0.5)  # minibatch noise: a loose drift
     losses = fit(regression, guide, x, y, 50, num_steps=4000, lr=0.02, progress=False, seed=0, stop=rule)
-    assert rule.converged and "k-hat not defined: log p is estimated" in rule.reason
+    assert rule.converged and "k-hat not defined (log p estimated" in rule.reason
     assert len(losses) < 4000
     assert abs(guide.median(x, y, 50)["slope"] - 1.5) < 0.15
 

@@ -109,6 +109,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             num_steps=args.steps,
             lr=3e-3,
             num_particles=1,
+            stop=None,  # exactly --steps steps over minibatches
             seed=args.seed,
             progress=False,
         )

@@ -78,7 +78,7 @@ def fit(
     final_lr: float = 0.05,
     clip_norm: float | None = 10.0,
     average: float = 0.2,
-    num_particles: int | str = 8,
+    num_particles: int | str = "auto",
     vectorize_particles: bool = True,
     loss: ELBO | None = None,
     early_stopping: int | None = None,
@@ -87,26 +87,25 @@ def fit(
     seed: int | None = None,
     checkpoint: str | Path | None = None,
     checkpoint_every: int = 500,
-    stop: StopRule | str | None = None,
+    stop: StopRule | str | None = "auto",
     data_plate: str | None = None,
     **kwargs,
 ) -> np.ndarray:
     """Fit ``guide`` to ``model`` by SVI; return the loss (negative ELBO) per step.
 
-    Adam on the guide's (and model's) parameters, the rate warmed up over
-    ``warmup`` of the steps, then cosine-decayed to ``final_lr * lr``, the
-    parameters averaged over the last ``average`` (Polyak-Ruppert);
-    gradients clipped to norm ``clip_norm``; ``Trace_ELBO`` with
-    ``num_particles`` particles (``"auto"``: as many as come almost free),
-    vectorised where the model allows. Any Pyro guide. ``stop`` (a
-    `StopRule`, or ``"auto"``) runs that schedule in cycles and stops once
-    k-hat and two cycles agree (``num_steps``, ``max_seconds``: caps). A
-    NaN or infinite loss or gradient
-    restores the last finite step's parameters and raises
-    `NonFiniteLossError`. ``early_stopping`` is a patience in steps;
-    ``checkpoint`` (a path) is saved every ``checkpoint_every`` steps and
-    resumed from. Under ``torchrun`` each process passes its shard of the
-    data and ``data_plate`` names the plate over it
+    Stops when the answer is good (``stop="auto"``, a `StopRule`: annealed
+    cycles until PSIS k-hat < 0.5 and two cycles agree; ``num_steps`` and
+    ``max_seconds`` are caps); ``stop=None`` runs exactly ``num_steps``.
+    Adam, the rate warmed up over ``warmup`` of a run (or cycle), cosine-
+    decayed to ``final_lr * lr``, parameters averaged over its last
+    ``average``; gradients clipped to ``clip_norm``; ``Trace_ELBO`` with
+    ``num_particles`` vectorised particles (``"auto"``: as many as cost
+    little more than 8, timed on the model; give a number for runs that
+    repeat bit for bit), or ``loss``. A non-finite loss or gradient
+    restores the last finite parameters and raises `NonFiniteLossError`.
+    ``early_stopping``: a patience in steps; ``checkpoint``: a path saved
+    every ``checkpoint_every`` steps and resumed from. Under ``torchrun``
+    ``data_plate`` names the plate over each process's shard
     (`pyroflows.infer.data_parallel`). ``*args, **kwargs``: the model's.
 
     Examples:
@@ -114,18 +113,20 @@ def fit(
         >>> from pyro.infer.autoguide import AutoNormal
         >>> def model():
         ...     pyro.sample("x", dist.Normal(3.0, 1.0))
-        >>> len(fit(model, AutoNormal(model), num_steps=300, lr=0.05, progress=False, seed=0))
-        300
+        >>> losses = fit(model, AutoNormal(model), lr=0.05, progress=False, seed=0)
+        >>> len(losses)  # converged after two cycles of 300 steps
+        600
     """
     _check_options(num_steps, lr, num_particles, clip_norm, early_stopping, max_seconds, warmup, average, final_lr)
-    elbo = _seed_and_elbo(seed, loss, num_particles, vectorize_particles, (model, guide, args, kwargs))
-    run = _processes(model, guide, data_plate, args, kwargs, checkpoint, seed, progress, _stop_rule(stop))
-    model, guide, world, progress, rule = run
+    model, guide, world, progress, rule = _processes(
+        model, guide, data_plate, args, kwargs, checkpoint, seed, progress, _stop_rule(stop)
+    )
     trainer = _trainer(num_steps, warmup, final_lr, average, clip_norm, early_stopping, max_seconds, progress, rule)
+    elbo, problem = _Elbo(loss, num_particles, vectorize_particles), (model, guide, args, kwargs)
     if checkpoint is not None:  # loads the param store: before the guide's first run
-        elbo = _keep_checkpoint(trainer, checkpoint, checkpoint_every, elbo, (model, guide, args, kwargs, loss), rule)
+        _keep_checkpoint(trainer, checkpoint, checkpoint_every, elbo, problem, rule)
     with _quiet_plate_nesting_guess():
-        _run(trainer, rule, elbo, model, guide, args, kwargs, lr, average, loss is None, world)
+        _run(trainer, rule, elbo.get(problem), model, guide, args, kwargs, lr, average, loss is None, world)
     return _finish(trainer, rule)
 
 
@@ -137,10 +138,12 @@ def _finish(trainer: Trainer, rule: StopRule | None) -> np.ndarray:
 
 
 def _processes(model, guide, plate, args, kwargs, checkpoint, seed, progress, rule):
-    """Model, guide, number of processes, progress and rule for this process
-    (under torchrun: scaled to its shard, progress on process 0 only)."""
+    """Seed Pyro; model, guide, number of processes, progress and rule for
+    this process (under torchrun: scaled to its shard, progress on process 0 only)."""
     if plate is not None and not isinstance(plate, str):
         raise TypeError(f"data_plate must be a plate's name (str) or None, got {plate!r}")
+    if seed is not None:
+        pyro.set_rng_seed(seed)
     rank, world = setup_distributed()
     if world > 1:
         model, guide = prepare(model, guide, plate, args, kwargs, checkpoint, seed)
@@ -176,9 +179,12 @@ def _stop_rule(stop) -> StopRule | None:
 
 
 def _nesting(elbo: ELBO) -> int:
-    """The model's plate nesting as the ELBO found it (7, Pyro's bound, if unknown)."""
+    """The model's plate nesting as the ELBO found it (7, Pyro's bound, if
+    unknown), less the particle plate a vectorised ELBO counts in it."""
     nesting = getattr(elbo, "max_plate_nesting", math.inf)
-    return int(nesting) if math.isfinite(nesting) else 7
+    if not math.isfinite(nesting):
+        return 7
+    return int(nesting) - int(bool(getattr(elbo, "vectorize_particles", False)) and elbo.num_particles > 1)
 
 
 def _report(rule: StopRule, step: int) -> None:
@@ -188,45 +194,55 @@ def _report(rule: StopRule, step: int) -> None:
         return
     reason = rule.capped(step)
     if rule.checks and rule.checks[-1][1] >= 0.7:
-        warnings.warn(f"fit {reason}: the guide is not a reliable posterior approximation", stacklevel=3)
+        warnings.warn(f"fit {reason}: the guide is not a reliable posterior approximation", stacklevel=4)
     else:
         logger.info(reason)
 
 
-def _seed_and_elbo(seed: int | None, loss: ELBO | None, num_particles, vectorize: bool, problem) -> ELBO:
-    """Seed Pyro; the ELBO to train on (``num_particles="auto"`` measured on
-    ``problem``, the model, guide and their arguments)."""
-    if seed is not None:
-        pyro.set_rng_seed(seed)
-    if num_particles == "auto":
-        if loss is not None:
-            raise TypeError("num_particles='auto' picks Trace_ELBO's particles; with loss=... set them on the loss")
-        num_particles = _auto_particles(*problem)
-    return loss or Trace_ELBO(num_particles=num_particles, vectorize_particles=vectorize and num_particles > 1)
+class _Elbo:
+    """fit's ELBO, built at first use: ``loss``, or ``Trace_ELBO`` with the
+    particles given or chosen (``"auto"``, timed on the model); the particle
+    count is a checkpoint entry, so a resumed run keeps the interrupted one's."""
+
+    def __init__(self, loss: ELBO | None, num_particles, vectorize: bool) -> None:
+        self.loss, self.num_particles, self.vectorize, self.built = loss, num_particles, vectorize, loss
+
+    def get(self, problem) -> ELBO:
+        if self.built is None:
+            if self.num_particles == "auto":
+                self.num_particles = _auto_particles(*problem)
+            num = self.num_particles
+            self.built = Trace_ELBO(num_particles=num, vectorize_particles=self.vectorize and num > 1)
+        return self.built
+
+    def state_dict(self) -> dict:
+        return {"num_particles": None if self.loss is not None else self.num_particles}
+
+    def load_state_dict(self, state: dict) -> None:
+        if self.loss is None:
+            self.num_particles = state["num_particles"]
 
 
 def _auto_particles(model, guide, args, kwargs) -> int:
     """``num_particles="auto"`` (process 0's choice under torchrun)."""
-    num = torch.tensor([choose_particles(model, guide, args, kwargs)])
+    with _quiet_plate_nesting_guess():
+        num = torch.tensor([choose_particles(model, guide, args, kwargs)])
     if rank_and_world()[1] > 1:
         broadcast([num])
     logger.info("num_particles='auto': %d particles", int(num))
     return int(num)
 
 
-def _keep_checkpoint(trainer: Trainer, path, every: int, elbo: ELBO, problem, rule):
-    """Save the param store, the run and the stop rule to ``path`` as it
-    goes; resume from it if it exists, replaying step 0's set-up first (the
-    guide's and the ELBO's random draws). Returns the ELBO to go on with."""
-    primed = [elbo]
+def _keep_checkpoint(trainer: Trainer, path, every: int, elbo: _Elbo, problem, rule) -> None:
+    """Save the param store, the run, the ELBO's particles and the stop rule
+    to ``path`` as it goes; resume from it if it exists, replaying step 0's
+    set-up first (the guide's and the ELBO's random draws)."""
 
     def prime() -> None:
-        model, guide, args, kwargs, loss = problem
-        primed[0] = _prime(elbo, model, guide, args, kwargs, loss is None)
+        elbo.built = _prime(elbo.get(problem), *problem, elbo.loss is None)
 
-    modules = {"param_store": _ParamStoreState(), "stop_rule": _RuleState(rule)}
+    modules = {"param_store": _ParamStoreState(), "particles": elbo, "stop_rule": _RuleState(rule)}
     trainer.keep_checkpoint(path, modules, None, every, prime)
-    return primed[0]
 
 
 class _RuleState:

@@ -65,4 +65,5 @@ def fit_mass_covering(
     if "loss" in kwargs:
         raise TypeError("fit_mass_covering sets the loss itself; for another objective call fit(loss=...)")
     loss = RenyiELBO(alpha=alpha, num_particles=num_particles, vectorize_particles=True)
+    kwargs.setdefault("stop", None)  # a fine-tuning phase of fixed length
     return fit(model, guide, *args, loss=loss, num_steps=num_steps, lr=lr, **kwargs)

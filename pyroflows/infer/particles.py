@@ -7,12 +7,16 @@ particles, kidiq 6.0 / 6.6; diamonds' 5,000 rows 12.2 / 26.3, garch's
 time series 11.3 / 58.0). More particles cut the gradient's noise, which
 is what the step count and the final average fight. `choose_particles`
 times the ELBO's forward pass and takes the most particles whose pass
-costs at most ``tolerance`` times 8 particles'.
+costs at most ``tolerance`` times 8 particles'. Being timed, the choice
+can differ between machines or under load (it is logged; pass a number to
+`fit` for runs that repeat bit for bit anywhere); within a process it is
+measured once per model and argument shapes.
 """
 
 from __future__ import annotations
 
 import time
+import weakref
 
 import torch
 from pyro.infer import Trace_ELBO
@@ -21,18 +25,31 @@ __all__ = ["choose_particles"]
 
 CANDIDATES = (16, 32, 64)
 BASE = 8
+_CHOSEN: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> {(guide, shapes): particles}
 
 
 def choose_particles(model, guide, args, kwargs, tolerance: float = 1.3) -> int:
     """The most of 16, 32, 64 particles, tried in that order until one
     costs more, whose vectorised ELBO costs at most ``tolerance`` times 8
-    particles' (8 when none does, or when the model does not vectorise; a
-    large model never tries 64). Sets the guide up first (its warm start)
-    if needed."""
-    chosen = BASE
+    particles' (8 when none does, or when the model does not vectorise).
+    Sets the guide up first (its warm start) if needed. The choice is kept
+    for the process's life per model, guide class and argument shapes, so
+    the same call repeats exactly."""
     try:
         with torch.no_grad():
             Trace_ELBO().loss(model, guide, *args, **kwargs)  # the guide's set-up, drawing as at step 0
+    except (ValueError, RuntimeError, NotImplementedError):  # the model does not run as is: fit will say why
+        return BASE
+    key = (type(guide).__qualname__, tolerance, _shapes(args), _shapes(kwargs))
+    known = _CHOSEN.setdefault(model, {}) if _weakly_referable(model) else {}
+    if key not in known:
+        known[key] = _timed_choice(model, guide, args, kwargs, tolerance)
+    return known[key]
+
+
+def _timed_choice(model, guide, args, kwargs, tolerance: float) -> int:
+    chosen = BASE
+    try:
         with torch.random.fork_rng(devices=[]):  # the timing draws leave training's stream alone
             base = _seconds(model, guide, args, kwargs, BASE)
             for num in CANDIDATES:  # fewest first: a large model stops at the first costly count
@@ -42,6 +59,22 @@ def choose_particles(model, guide, args, kwargs, tolerance: float = 1.3) -> int:
     except (ValueError, RuntimeError, NotImplementedError):  # the model does not vectorise: fit falls back
         pass
     return chosen
+
+
+def _shapes(values) -> tuple:
+    """A hashable summary of arguments: tensors by shape and dtype, the rest by type."""
+    items = values.items() if isinstance(values, dict) else enumerate(values)
+    return tuple(
+        (k, tuple(v.shape), v.dtype) if isinstance(v, torch.Tensor) else (k, type(v).__qualname__) for k, v in items
+    )
+
+
+def _weakly_referable(model) -> bool:
+    try:
+        weakref.ref(model)
+    except TypeError:
+        return False
+    return True
 
 
 def _seconds(model, guide, args, kwargs, num: int) -> float:

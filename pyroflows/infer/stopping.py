@@ -5,9 +5,12 @@ of the fixed schedule: the learning rate warms up, decays on a cosine to its
 final value, and the parameters are averaged over the cycle's last
 ``average`` fraction (Polyak-Ruppert), which takes SGD's noise out of them.
 The first two cycles last ``first`` steps, each later one twice the one
-before (restarting from the averaged parameters with the optimiser's
-state). At the end of each cycle the averaged guide is checked on
-``num_draws`` draws, always from the same random numbers:
+before, restarting from the averaged parameters with the optimiser's
+state: at ``restart`` times the last peak rate once the guide is near its
+optimum (k-hat < 0.7 or drift < 1 sd), at the same peak while it still
+travels (a mean-field guide started far away would starve otherwise).
+At the end of each cycle the averaged guide is checked on ``num_draws``
+draws, always from the same random numbers:
 
 - PSIS k-hat (Yao et al. 2018, "Yes, but did it work?"; ArviZ's
   ``psislw``, as `pyroflows.diagnostics.psis` reports it), and
@@ -22,7 +25,9 @@ run that reaches it ends annealed and averaged too.
 
 Cost: per cycle one vectorised run of model and guide on ``num_draws``
 draws (in chunks of at most 250 draws and about 2**24 log-density
-entries), about the forward cost of ``num_draws / num_particles`` steps; at least two cycles. The checks run on a forked
+entries), about the forward cost of ``num_draws / num_particles`` steps;
+at least two cycles. A model that does not vectorise is checked one draw
+at a time (``num_draws`` runs: slow). The checks run on a forked
 random stream: they do not change the training trajectory.
 
 Failure modes: k-hat is an estimate (about +-0.1 at 2000 draws), so a guide
@@ -30,7 +35,9 @@ near the threshold can stop or go on by chance, and a posterior whose k-hat
 stays near 0.5-0.7 (a guide that is good but not excellent) runs to the
 cap. k-hat cannot see a mode the guide never visited. With subsampled
 plates, or data-parallel shards, log p is a random estimate and k-hat is
-meaningless: the rule then uses the drift only, and says so in ``reason``.
+meaningless: the rule then uses the drift only, and says so in ``reason``;
+so it does for a point-mass guide (AutoDelta), whose drift is relative to
+each value's size.
 """
 
 from __future__ import annotations
@@ -52,6 +59,7 @@ __all__ = ["StopRule"]
 
 _CHUNK = 250
 _SEED = 20181018  # the checks' fixed random numbers
+_NEAR_DRIFT, _NEAR_KHAT = 1.0, 0.7  # a guide this settled restarts at a lower peak
 
 
 @dataclass
@@ -91,16 +99,18 @@ class StopRule:
         """Forget a previous run (`fit` calls it first)."""
         self.reason, self.checks, self.converged = "", [], False
         self._cycle, self._average, self._moments, self._sharded, self._peak = None, None, None, False, 1.0
-        self._chunk = None
+        self._chunk, self._near = None, False
 
     def state_dict(self) -> dict:
         """What a resumed run needs to go on exactly (`fit` keeps it in its checkpoint)."""
         average = None if self._average is None else {"start": self._average.start, **self._average.state_dict()}
-        kept = {"cycle": self._cycle, "peak": self._peak, "moments": self._moments, "average": average}
+        kept = {"cycle": self._cycle, "peak": self._peak, "near": self._near, "moments": self._moments}
+        kept["average"] = average
         return {**kept, "checks": list(self.checks), "converged": self.converged, "reason": self.reason}
 
     def load_state_dict(self, state: dict) -> None:
         self._cycle, self._peak, self._moments = state["cycle"], state["peak"], state["moments"]
+        self._near = state["near"]
         self.checks, self.converged, self.reason = list(state["checks"]), state["converged"], state["reason"]
         self._average = None
         if state["average"] is not None:
@@ -130,7 +140,8 @@ class StopRule:
         """The learning-rate factor at ``step`` within its cycle (a warm-up
         over ``warmup`` of it, then a cosine decay to ``final``)."""
         if self._cycle is None or step >= sum(self._cycle):
-            self._peak = 1.0 if self._cycle is None else max(final, self._peak * self.restart)
+            if self._cycle is None or self._near:  # lower the peak only once the guide is near its optimum
+                self._peak = 1.0 if self._cycle is None else max(final, self._peak * self.restart)
             self._cycle = (step, self.plan(step, cap))
         start, length = self._cycle
         return self._peak * warmup_cosine(step - start, length, warmup, final / self._peak)
@@ -157,8 +168,10 @@ class StopRule:
         self.checks.append((step, khat, drift))
         self._moments, self._average = moments, None
         self.converged = drift < self.drift and (math.isnan(khat) or khat < self.khat)
+        self._near = drift < _NEAR_DRIFT or khat < _NEAR_KHAT
         if self.converged:
-            shown = "k-hat not defined: log p is estimated" if math.isnan(khat) else f"k-hat {khat:.2f} < {self.khat}"
+            undefined = "k-hat not defined (log p estimated, or q a point mass)"
+            shown = undefined if math.isnan(khat) else f"k-hat {khat:.2f} < {self.khat}"
             self.reason = f"converged at step {step}: {shown}, drift {drift:.3f} sd since the last cycle"
         return self.converged
 
@@ -170,7 +183,9 @@ class StopRule:
         with torch.random.fork_rng(devices=[]), torch.no_grad(), poutine.block():
             draw = functools.partial(vectorized_importance_weights, model, guide, *args, max_plate_nesting=nesting)
             if self._chunk is None:  # the model's size does not change between checks
-                self._chunk = _chunk(draw(num_samples=2, **kwargs)[1])
+                self._chunk = _chunk(draw, kwargs)
+            if self._chunk == 1:  # the model does not vectorise: one draw at a time
+                draw = functools.partial(_one_draw, model, guide, *args)
             torch.manual_seed(_SEED)
             for start in range(0, self.num_draws, self._chunk):
                 num = min(self._chunk, self.num_draws - start)
@@ -180,7 +195,8 @@ class StopRule:
                 for name, value in _latents(trace, num):
                     values.setdefault(name, []).append(value)
         moments = {name: (torch.cat(v).mean(0), torch.cat(v).std(0)) for name, v in values.items()}
-        return (math.nan if subsampled else _khat(torch.cat(log_weights))), moments
+        point_mass = all(bool((sd == 0).all()) for _, sd in moments.values())  # AutoDelta: q has no density
+        return (math.nan if subsampled or point_mass else _khat(torch.cat(log_weights))), moments
 
     def capped(self, step: int) -> str:
         """The reason for a run that ended at a cap without meeting the rule."""
@@ -193,11 +209,23 @@ class StopRule:
         return self.reason
 
 
-def _chunk(trace) -> int:
+def _chunk(draw, kwargs) -> int:
     """Draws per vectorised pass: at most 250, and about 2**24 log-density
-    entries (a large model's pass must not outgrow memory)."""
+    entries (a large model's pass must not outgrow memory); 1 where the
+    model does not vectorise."""
+    try:
+        trace = draw(num_samples=2, **kwargs)[1]
+    except (ValueError, RuntimeError, NotImplementedError):
+        return 1
     per_draw = sum(site["log_prob"].numel() for site in trace.nodes.values() if "log_prob" in site) / 2
     return int(max(1, min(_CHUNK, 2**24 // max(per_draw, 1))))
+
+
+def _one_draw(model, guide, *args, num_samples: int, **kwargs):
+    """One importance draw without vectorising: (log weight, model trace, guide trace)."""
+    guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
+    model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*args, **kwargs)
+    return model_trace.log_prob_sum() - guide_trace.log_prob_sum(), model_trace, guide_trace
 
 
 def _latents(trace, num: int):
@@ -210,12 +238,14 @@ def _latents(trace, num: int):
 
 
 def _drift(before: dict, after: dict) -> float:
-    """The largest change of a guide mean between two checks, in the earlier check's sds."""
+    """The largest change of a guide mean between two checks, in the earlier
+    check's sds (a point mass's: relative to its size, at least 1)."""
     worst = 0.0
     for name, (mean, _) in after.items():
         if name in before:
             old_mean, old_sd = before[name]
-            worst = max(worst, float(((mean - old_mean).abs() / old_sd.clamp_min(1e-12)).max()))
+            scale = torch.where(old_sd > 0, old_sd, old_mean.abs().clamp_min(1.0))
+            worst = max(worst, float(((mean - old_mean).abs() / scale).max()))
     return worst
 
 

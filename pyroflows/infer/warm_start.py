@@ -220,7 +220,7 @@ def mean_field(model, args, kwargs, num_steps: int = 300, lr: float = 0.05) -> t
 
     with pyro.get_param_store().scope():
         guide = AutoNormal(model, init_loc_fn=init_to_mean_or_zero)
-        fit(model, guide, *args, num_steps=num_steps, lr=lr, progress=False, **kwargs)
+        fit(model, guide, *args, num_steps=num_steps, lr=lr, progress=False, stop=None, num_particles=8, **kwargs)
         with torch.no_grad():
             names = [name for name, site in guide.prototype_trace.iter_stochastic_nodes()]
             locs = {name: _deep_getattr(guide.locs, name).detach().clone() for name in names}
