@@ -5,7 +5,7 @@ import pyro
 import pyro.distributions as dist
 import pytest
 import torch
-from pyro.infer.autoguide import AutoMultivariateNormal, AutoNormal
+from pyro.infer.autoguide import AutoDelta, AutoMultivariateNormal, AutoNormal
 
 from pyroflows.diagnostics import psis_diagnostic
 from pyroflows.infer import StopRule, fit
@@ -102,3 +102,38 @@ def test_bad_rule_options_raise(options):
 def test_bad_stop_argument_raises():
     with pytest.raises(TypeError, match="stop must be a StopRule"):
         fit(gaussian_model, AutoNormal(gaussian_model), num_steps=5, progress=False, stop="yes")
+
+
+def far_model():
+    pyro.sample("x", dist.Normal(20.0, 1.0))
+
+
+@pytest.mark.filterwarnings("ignore:fit stopped")
+def test_a_guide_still_travelling_keeps_its_peak_rate():
+    # AutoNormal starts at x = 0, 20 sds away; halving the peak after every cycle regardless
+    # (the first version) left it about 17 units along at the cap; the peak now drops only once near.
+    rule = StopRule()
+    fit(far_model, AutoNormal(far_model), lr=0.05, progress=False, seed=0, stop=rule)
+    assert [drift > 1 for _, _, drift in rule.checks[1:3]] == [True, True]  # travelling: peak kept
+    assert abs(pyro.param("AutoNormal.locs.x").item() - 20.0) < 0.05
+    assert abs(pyro.param("AutoNormal.scales.x").item() - 1.0) < 0.05
+
+
+def loop_model(data):
+    loc = pyro.sample("loc", dist.Normal(0.0, 1.0))
+    for i in range(len(data)):  # no plate, and a shape that breaks with a particle dim
+        pyro.sample(f"obs_{i}", dist.Normal(loc.reshape(()), 1.0), obs=data[i])
+
+
+@pytest.mark.filterwarnings("ignore:vectorised particles failed")
+def test_a_model_that_does_not_vectorise_is_checked_draw_by_draw():
+    rule = StopRule(num_draws=300)
+    fit(loop_model, AutoNormal(loop_model), torch.ones(3), lr=0.05, progress=False, seed=0, stop=rule)
+    assert rule.converged and rule.checks[-1][1] < 0.5, rule.reason  # the exact posterior family: k-hat small
+
+
+def test_a_point_mass_guide_stops_on_relative_drift():
+    rule = StopRule()
+    fit(far_model, AutoDelta(far_model), lr=0.05, progress=False, seed=0, stop=rule)
+    assert rule.converged and "q a point mass" in rule.reason, rule.reason
+    assert abs(pyro.param("AutoDelta.x").item() - 20.0) < 0.1

@@ -135,3 +135,31 @@ def test_fit_killed_after_a_checkpoint_resumes_to_the_uninterrupted_result(make_
     assert resumed.tolist() == expected.tolist()
     for name, value in pyro.get_param_store().items():
         assert torch.equal(value, straight[name]), name
+
+
+def test_a_resumed_fit_keeps_the_particle_count_of_the_interrupted_run(tmp_path, caplog):
+    options = {"num_steps": 12, "progress": False, "seed": 0, "stop": None}
+    model = _regression()
+    pyro.clear_param_store()
+    expected = fit(model, AutoNormal(model, init_loc_fn=init_to_mean), num_particles=16, **options)
+
+    path, calls = tmp_path / "fit.pt", []
+    killed = _regression(calls)
+    pyro.clear_param_store()
+    killed.stop_at = 9  # the ELBO's plate guess and one run a step: dies in step 8
+    with pytest.raises(_Interrupt):
+        fit(
+            killed,
+            AutoNormal(killed, init_loc_fn=init_to_mean),
+            num_particles=16,
+            checkpoint=path,
+            checkpoint_every=5,
+            **options,
+        )
+    assert load_checkpoint(path, ("particles",))["particles"] == {"num_particles": 16}
+    pyro.clear_param_store()
+    model = _regression()
+    with caplog.at_level("INFO", logger="pyroflows.fit"):  # "auto", fit's default: the checkpoint's count, untimed
+        resumed = fit(model, AutoNormal(model, init_loc_fn=init_to_mean), checkpoint=path, **options)
+    assert resumed.tolist() == expected.tolist()
+    assert not [r for r in caplog.records if "num_particles='auto'" in r.getMessage()]

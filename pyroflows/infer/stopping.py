@@ -7,8 +7,9 @@ final value, and the parameters are averaged over the cycle's last
 The first two cycles last ``first`` steps, each later one twice the one
 before, restarting from the averaged parameters with the optimiser's
 state: at ``restart`` times the last peak rate once the guide is near its
-optimum (k-hat < 0.7 or drift < 1 sd), at the same peak while it still
-travels (a mean-field guide started far away would starve otherwise).
+optimum (drift < 1 sd; at the first check, with no drift yet, k-hat < 0.7),
+at the same peak while it still travels (a mean-field guide started far
+away would starve otherwise).
 At the end of each cycle the averaged guide is checked on ``num_draws``
 draws, always from the same random numbers:
 
@@ -168,7 +169,7 @@ class StopRule:
         self.checks.append((step, khat, drift))
         self._moments, self._average = moments, None
         self.converged = drift < self.drift and (math.isnan(khat) or khat < self.khat)
-        self._near = drift < _NEAR_DRIFT or khat < _NEAR_KHAT
+        self._near = drift < _NEAR_DRIFT if math.isfinite(drift) else khat < _NEAR_KHAT  # k-hat: first check only
         if self.converged:
             undefined = "k-hat not defined (log p estimated, or q a point mass)"
             shown = undefined if math.isnan(khat) else f"k-hat {khat:.2f} < {self.khat}"
