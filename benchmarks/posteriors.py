@@ -10,7 +10,7 @@ the particles used, PSIS k-hat, max
 standardised mean error and max |log sd ratio| against the reference draws
 (4000 guide draws). NUTS (Pyro, one chain) is run in a subprocess with a
 time limit and scored the same way; ``nuts_x`` is a passing NUTS run's
-seconds over the guide's (from ``posteriors_nuts.json`` with ``--no-nuts``).
+seconds over the guide's (from the stored ``posteriors_nuts*.json`` with ``--no-nuts``).
 
 Pyro's AutoNormal and AutoMultivariateNormal get ``init_to_mean_or_zero``
 (their default init samples the prior, which improper priors cannot do);
@@ -169,8 +169,10 @@ def main() -> None:
             }
             rows.append(row)
             print(row, flush=True)
-    stored = RESULTS / "posteriors_nuts.json"
-    nuts_ratios(rows, rows if not args.no_nuts else json.loads(stored.read_text())["rows"])
+    stored = [
+        row for path in sorted(RESULTS.glob("posteriors_nuts*.json")) for row in json.loads(path.read_text())["rows"]
+    ]
+    nuts_ratios(rows, rows if not args.no_nuts else stored)
     columns = [
         "posterior",
         "method",
