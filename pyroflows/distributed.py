@@ -4,17 +4,34 @@ shard of the data, and averaging tensors across processes."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import torch
 import torch.distributed as dist
 
-__all__ = ["all_average", "broadcast", "rank_and_world", "setup_distributed", "shard"]
+__all__ = ["all_average", "broadcast", "process_local", "rank_and_world", "setup_distributed", "shard"]
+
+_LOCAL = [0]  # how many process_local() blocks are open
+
+
+@contextlib.contextmanager
+def process_local():
+    """Within it, `setup_distributed` and `rank_and_world` report one process,
+    ``(0, 1)``: for work each process does alone (a guide's warm-start fit
+    on its own shard, inside a data-parallel fit)."""
+    _LOCAL[0] += 1
+    try:
+        yield
+    finally:
+        _LOCAL[0] -= 1
 
 
 def setup_distributed() -> tuple[int, int]:
     """Join the process group when launched by ``torchrun`` (``WORLD_SIZE > 1``;
     NCCL with CUDA, else gloo); return ``(rank, world_size)``."""
+    if _LOCAL[0]:
+        return 0, 1
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
@@ -25,6 +42,8 @@ def setup_distributed() -> tuple[int, int]:
 
 def rank_and_world() -> tuple[int, int]:
     """``(rank, world_size)`` of the joined process group, ``(0, 1)`` outside one."""
+    if _LOCAL[0]:
+        return 0, 1
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1

@@ -30,6 +30,7 @@ def row_effects(x, y):
 
 def refused(x, y) -> str:
     """The error of a data-parallel fit whose sharded plate holds latents."""
+    pyro.clear_param_store()
     try:
         fit(row_effects, AutoNormal(row_effects), x, y, num_steps=2, progress=False, data_plate="rows")
     except ValueError as err:
@@ -72,9 +73,10 @@ def run(name: str, x, y, data_plate=None) -> dict:
 
 
 def with_defaults(x, y) -> dict:
-    """fit's defaults (timed particles, stop rule) under torchrun: every process must take the same steps."""
+    """fit's and AutoFlow's defaults (warm start, timed particles, stop rule) under torchrun: every process
+    must take the same steps."""
     pyro.clear_param_store()
-    losses = fit(regression, AutoNormal(regression), x, y, num_steps=1000, lr=0.05, seed=0, progress=False,
+    losses = fit(regression, AutoFlow(regression), x, y, num_steps=1000, lr=0.05, seed=0, progress=False,
                  data_plate="rows")  # fmt: skip
     params = torch.cat([v.detach().reshape(-1) for _, v in sorted(pyro.get_param_store().named_parameters())])
     gathered = [torch.zeros_like(params) for _ in range(dist_.get_world_size())]
@@ -82,13 +84,63 @@ def with_defaults(x, y) -> dict:
     return {"steps": len(losses), "params": torch.stack(gathered)}
 
 
+GROUPS, PER_GROUP = 40, 5
+
+
+def grouped_data() -> torch.Tensor:
+    g = torch.Generator().manual_seed(1)
+    effects = 1.0 + 0.5 * torch.randn(GROUPS, generator=g)
+    return effects[:, None] + 0.3 * torch.randn(GROUPS, PER_GROUP, generator=g)
+
+
+def random_effects(y, members):
+    """One latent per group, the groups plate numbered across processes."""
+    mu = pyro.sample("mu", dist.Normal(0.0, 5.0))
+    sd = pyro.sample("sd", dist.HalfNormal(2.0))
+    with pyro.plate("groups", GROUPS, subsample=members):
+        effect = pyro.sample("effect", dist.Normal(mu, sd))
+        pyro.sample("y", dist.Normal(effect.unsqueeze(-1), 0.3).to_event(1), obs=y)
+
+
+def groups_plate(y, members):
+    return pyro.plate("groups", GROUPS, subsample=members)
+
+
+def plate_aware(members) -> dict:
+    """A plate-aware AutoFlow fitted on these members' groups; the globals' guide mean and sd."""
+    pyro.clear_param_store()
+    y = grouped_data()[members]
+    guide = AutoFlow(random_effects, create_plates=groups_plate)
+    fit(random_effects, guide, y, members, num_steps=600, lr=0.01, seed=0, stop=None, num_particles=8,
+        progress=False, data_plate="groups")  # fmt: skip
+    assert "form=structured" in repr(guide), repr(guide)
+    pyro.set_rng_seed(5)
+    with torch.no_grad():
+        draws = guide.sample_posterior(4000, y, members)
+    return {name: (draws[name].mean().item(), draws[name].std().item()) for name in ("mu", "sd")}
+
+
+def mismatched(members) -> str:
+    """The error of a numbered plate whose guide draws its own members (no create_plates)."""
+    pyro.clear_param_store()
+    y = grouped_data()[members]
+    try:
+        fit(random_effects, AutoNormal(random_effects), y, members, num_steps=2, progress=False, data_plate="groups")
+    except ValueError as err:
+        return str(err)
+    return ""
+
+
 def main(out: str) -> None:
     rank, world = setup_distributed()
     x, y = shard(*data())
     results = {name: run(name, x, y, data_plate="rows") for name in GUIDES}
     defaults = with_defaults(x, y)
+    members = shard(torch.arange(GROUPS))
+    grouped = {"plate_aware": plate_aware(members), "mismatched": mismatched(members)}
+    error = refused(x, y)  # on every process: fit's checks are collective
     if rank == 0:
-        torch.save({"world": world, "results": results, "refused": refused(x, y), "defaults": defaults}, out)
+        torch.save({"world": world, "results": results, "refused": error, "defaults": defaults, **grouped}, out)
     dist_.barrier()
     dist_.destroy_process_group()
 

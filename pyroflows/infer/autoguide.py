@@ -79,6 +79,8 @@ class AutoFlow(StructuredForm, AutoContinuous):
         local_hidden_dims: widths of the member flow's networks.
         conditional: ``"laplace"`` or ``"learned"``: the member flow's Gaussian (structured form; ``"laplace"``
             needs at most 16 locals per member and a model that samples no site the guide does not see).
+        create_plates: as Pyro's autoguides: ``(*args, **kwargs) -> plate(s)`` with the model's subsample
+            indices (a plate whose members the model chooses, e.g. each data-parallel process's own).
         **flow_options: options for the preset, overriding `default_options`.
 
     Examples:
@@ -101,6 +103,7 @@ class AutoFlow(StructuredForm, AutoContinuous):
         local_transforms: int = 1,
         local_hidden_dims: tuple[int, ...] = (32, 32),
         conditional: str = "laplace",
+        create_plates: Callable | None = None,
         **flow_options: Any,
     ):
         if isinstance(flow, str) and flow not in PRESETS:
@@ -114,6 +117,7 @@ class AutoFlow(StructuredForm, AutoContinuous):
         if conditional not in CONDITIONALS:
             raise ValueError(f"conditional must be one of {CONDITIONALS}, got {conditional!r}")
         super().__init__(model, init_loc_fn=init_to_mean_or_zero)
+        self.create_plates = create_plates  # as Pyro's AutoGuide: plates with the model's subsample indices
         self.flow_spec, self.flow_options = flow, flow_options
         self.warm_start, self.structure = warm_start, structure
         self.member_options = {"embedding_dim": embedding_dim, "num_transforms": local_transforms}
@@ -244,7 +248,7 @@ class AutoFlow(StructuredForm, AutoContinuous):
         elif self.warm_start == "mean_field" or mean_field_only:
             # a Newton step per member makes the locals' start unimportant: a shorter fit for the globals
             steps = 150 if layout.plate is not None and self.conditional == "laplace" else 300
-            loc, scale = mean_field_vector(self.model, layout.sites, args, kwargs, dtype, num_steps=steps)
+            loc, scale = mean_field_vector(self.model, layout.sites, args, kwargs, dtype, steps, self.create_plates)
             tril = torch.diag(scale[glob])
         elif self.warm_start == "laplace":
             loc, tril = laplace(space, *args, **kwargs)

@@ -13,10 +13,19 @@ guide's warm start runs on every process's shard) and then broadcast from
 process 0, so all processes start from its guide. Only process 0 shows
 progress; save from process 0 after `fit` returns.
 
-The plate must hold observations only: a latent inside it would be a
-different member on each process (each numbers its shard's members from 0)
-sharing one set of guide parameters, so `fit` refuses it. Local latents
-(a plate-aware AutoFlow's members) are not supported in the sharded plate.
+Two ways to shard a plate. (1) Each process declares it at its shard's size
+(``pyro.plate("rows", len(x_shard))``): its sites are scaled by the number
+of processes, and it must hold observations only (a latent in it would be a
+different member on each process, numbered from 0 alike, sharing one set of
+guide parameters: `fit` refuses it). (2) Each process declares it at the
+full size with its own members as the subsample (``pyro.plate("groups", n,
+subsample=shard(torch.arange(n)))``, the guide given the same plate, as
+AutoFlow's and Pyro's ``create_plates=``): Pyro's subsample scale already
+makes each process's ELBO unbiased, members keep their global numbers, and
+the plate may hold latents (a plate-aware AutoFlow's members: each
+member's parameters get their gradient from the one process that holds it).
+`fit` tells the two apart by checking that the processes' members
+partition the plate.
 """
 
 from __future__ import annotations
@@ -24,11 +33,22 @@ from __future__ import annotations
 import pyro
 import torch
 from pyro import poutine
+from pyro.infer.autoguide.initialization import InitMessenger
 from pyro.poutine.messenger import Messenger
+from pyro.poutine.util import site_is_subsample
 
 from pyroflows.distributed import all_average, broadcast, rank_and_world
+from pyroflows.infer.latent import init_to_mean_or_zero
 
-__all__ = ["ShardScale", "all_agree", "average_gradients", "prepare", "sharded", "synchronise_parameters"]
+__all__ = [
+    "ShardScale",
+    "all_agree",
+    "average_gradients",
+    "numbered_across_processes",
+    "prepare",
+    "sharded",
+    "synchronise_parameters",
+]
 
 
 class ShardScale(Messenger):
@@ -52,30 +72,73 @@ def sharded(model, guide, plate: str, world: int):
 def prepare(model, guide, plate, args, kwargs, checkpoint, seed):
     """Model and guide scaled for this process's shard, set up once (the
     guide's parameters made) and synchronised to process 0's; every process
-    then draws from the same seed."""
+    then draws from the same seed. A plate numbered across the processes
+    (`numbered_across_processes`) keeps Pyro's own subsample scale and may
+    hold latents."""
     if plate is None:
         raise ValueError("under torchrun with several processes fit needs data_plate: the plate over each shard")
     if checkpoint is not None:
         raise ValueError("checkpoint is not supported in data-parallel fit; save from process 0 after fit returns")
-    model, scaled_guide = sharded(model, guide, plate, rank_and_world()[1])
+    index = _plate_index(model, plate, args, kwargs)
+    numbered = numbered_across_processes(*index)
+    if not numbered:
+        model, guide = sharded(model, guide, plate, rank_and_world()[1])
     with torch.no_grad():
-        trace = poutine.trace(scaled_guide).get_trace(*args, **kwargs)  # parameters and warm start on this shard
-    latents = [
-        name
-        for name, site in trace.iter_stochastic_nodes()
-        if _in_plate(site, plate) and not site["infer"].get("is_auxiliary")
-    ]
-    if latents:
-        raise ValueError(
-            f"data_plate {plate!r} holds the latents {latents}: each process would number its own members alike "
-            "and share their guide parameters; shard a plate of observations only"
-        )
+        trace = poutine.trace(guide).get_trace(*args, **kwargs)  # parameters and warm start on this shard
+    _check_members(trace, plate, numbered, index[0])
     synchronise_parameters(guide)
     if seed is None:
         seed = torch.randint(2**31 - 1, (1,))
         broadcast([seed])
     pyro.set_rng_seed(int(seed))
-    return model, scaled_guide
+    return model, guide
+
+
+def _plate_index(model, plate: str, args, kwargs) -> tuple[torch.Tensor, int]:
+    """The members of ``plate`` this process's model runs, and the plate's full size."""
+    with torch.no_grad(), poutine.block(), InitMessenger(init_to_mean_or_zero):
+        trace = poutine.trace(model).get_trace(*args, **kwargs)
+    site = trace.nodes.get(plate)
+    if site is None or site["type"] != "sample" or not site_is_subsample(site):
+        raise ValueError(f"data_plate {plate!r} is not a plate of the model")
+    return site["value"], site["fn"].size
+
+
+def numbered_across_processes(index: torch.Tensor, size: int) -> bool:
+    """Whether every process declares the plate at the same full ``size``
+    with its own members ``index`` as the subsample, the processes' members
+    together each member once: ``pyro.plate(name, size,
+    subsample=shard(torch.arange(size)))``."""
+    sizes = torch.tensor([float(size)])
+    all_average([sizes])
+    if not all_agree(sizes.item() == size):
+        return False
+    counts = torch.zeros(size, dtype=torch.float64)
+    counts.index_add_(0, index.long().cpu(), torch.ones(len(index), dtype=torch.float64))
+    all_average([counts])
+    return bool(torch.allclose(counts * rank_and_world()[1], torch.ones_like(counts)))
+
+
+def _check_members(trace, plate: str, numbered: bool, index: torch.Tensor) -> None:
+    """Latents in a plate each process numbers from 0 would share guide
+    parameters across different members; the guide must run the model's members."""
+    latents = [
+        name
+        for name, site in trace.iter_stochastic_nodes()
+        if _in_plate(site, plate) and not site["infer"].get("is_auxiliary")
+    ]
+    how = (
+        f"declare it at its full size with this process's members, pyro.plate({plate!r}, size, "
+        "subsample=shard(torch.arange(size))), and give the guide the same plate (create_plates=...)"
+    )
+    if latents and not numbered:
+        raise ValueError(
+            f"data_plate {plate!r} holds the latents {latents}: each process numbers its own members from 0, "
+            f"so they would share guide parameters; {how}"
+        )
+    site = trace.nodes.get(plate)
+    if numbered and site is not None and site["type"] == "sample" and not torch.equal(site["value"], index):
+        raise ValueError(f"the guide runs other members of plate {plate!r} than the model; {how}")
 
 
 def _in_plate(site, plate: str) -> bool:

@@ -25,6 +25,7 @@ from pyro import poutine
 from pyro.distributions import constraints
 from pyro.infer.autoguide import AutoNormal
 
+from pyroflows.distributed import process_local
 from pyroflows.infer.latent import LatentSpace, init_to_mean_or_zero
 
 __all__ = ["Candidate", "gaussian_elbo", "gaussian_warm_start", "laplace", "mean_field", "mean_field_vector"]
@@ -213,14 +214,16 @@ def gaussian_elbo(space: LatentSpace, candidate: Candidate, eps: torch.Tensor, a
     return float(value) if torch.isfinite(value) else -math.inf
 
 
-def mean_field(model, args, kwargs, num_steps: int = 300, lr: float = 0.05) -> tuple[dict, dict]:
+def mean_field(model, args, kwargs, num_steps: int = 300, lr: float = 0.05, plates=None) -> tuple[dict, dict]:
     """A short mean-field (diagonal Gaussian) SVI fit; returns per-site
-    unconstrained ``(locs, scales)`` of full (not subsampled) shape."""
+    unconstrained ``(locs, scales)`` of full (not subsampled) shape.
+    ``plates``: the guide's ``create_plates`` (the model's subsample indices)."""
     from pyroflows.infer.fit import fit  # fit imports nothing from here; import late to keep layers simple
 
     with pyro.get_param_store().scope():
-        guide = AutoNormal(model, init_loc_fn=init_to_mean_or_zero)
-        fit(model, guide, *args, num_steps=num_steps, lr=lr, progress=False, stop=None, num_particles=8, **kwargs)
+        guide = AutoNormal(model, init_loc_fn=init_to_mean_or_zero, create_plates=plates)
+        with process_local():  # under a data-parallel fit: each process on its own shard
+            fit(model, guide, *args, num_steps=num_steps, lr=lr, progress=False, stop=None, num_particles=8, **kwargs)
         with torch.no_grad():
             names = [name for name, site in guide.prototype_trace.iter_stochastic_nodes()]
             locs = {name: _deep_getattr(guide.locs, name).detach().clone() for name in names}
@@ -228,9 +231,9 @@ def mean_field(model, args, kwargs, num_steps: int = 300, lr: float = 0.05) -> t
     return locs, scales
 
 
-def mean_field_vector(model, names, args, kwargs, dtype, num_steps: int = 300) -> tuple[torch.Tensor, torch.Tensor]:
+def mean_field_vector(model, names, args, kwargs, dtype, num_steps: int = 300, plates=None):
     """`mean_field` as flat ``(loc, scale)`` vectors, sites in the order ``names``."""
-    locs, scales = mean_field(model, args, kwargs, num_steps=num_steps)
+    locs, scales = mean_field(model, args, kwargs, num_steps=num_steps, plates=plates)
     loc = torch.cat([locs[n].reshape(-1) for n in names]).to(dtype)
     return loc, torch.cat([scales[n].reshape(-1) for n in names]).to(dtype)
 
