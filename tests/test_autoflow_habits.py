@@ -39,6 +39,26 @@ def test_sample_posterior_of_plated_latents_has_full_shapes(hierarchical, struct
     assert guide.quantiles([0.1, 0.9])["sigma"].shape == (2,)
 
 
+def repeated_measures(y):
+    """Group effects observed through a nested plate of repeats (an observation-only plate at dim -2)."""
+    mu = pyro.sample("mu", dist.Normal(0.0, 5.0))
+    sd = pyro.sample("sd", dist.HalfNormal(2.0))
+    with pyro.plate("groups", y.shape[-1]):
+        effect = pyro.sample("effect", dist.Normal(mu, sd))
+        with pyro.plate("repeats", y.shape[-2], dim=-2):
+            pyro.sample("y", dist.Normal(effect, 0.3), obs=y)
+
+
+@pytest.mark.parametrize("structure", ["plates", "joint"])
+def test_sample_posterior_with_an_observation_only_nested_plate(structure):
+    # Pyro's prototype trace hides observed sites, so their plate's dim was missed: the draws took dim -2
+    y = torch.randn(5, 12)
+    guide = AutoFlow(repeated_measures, structure=structure, warm_start=None)
+    guide(y)
+    assert guide.sample_posterior(64, y)["effect"].shape == (64, 12)
+    assert guide.median(y)["effect"].shape == (12,) and guide.quantiles([0.5], y)["sd"].shape == (1,)
+
+
 @pytest.mark.parametrize("mode", ["no_grad", "inference_mode"])
 def test_predictive_before_training_under_no_grad(hierarchical, mode):
     model, args = hierarchical

@@ -9,6 +9,7 @@ from typing import Any
 import pyro
 import pyro.distributions as dist
 import torch
+from pyro import poutine
 from pyro.distributions.torch_transform import ComposeTransformModule
 from pyro.distributions.transforms import LowerCholeskyAffine
 from pyro.infer.autoguide import AutoContinuous, AutoGuide
@@ -157,7 +158,7 @@ class AutoFlow(StructuredForm, AutoContinuous):
                 elif not reload:
                     self._warm_start(layout, space, dtype, args, kwargs)
                 warm = not loaded and not reload and self.warm_start is not None  # loading never re-fits
-                self._plate_nesting = max_plate_nesting(self.prototype_trace)
+                self._plate_nesting = _model_plate_nesting(self.model, self.prototype_trace, args, kwargs)
                 self._model_args = (args, kwargs)
                 self._local_laplace = self._make_local_laplace(layout, args, kwargs)
                 if warm and self._local_laplace is not None:
@@ -378,3 +379,11 @@ def _keep_state_in_param_store(name: str, module: torch.nn.Module) -> None:
             store[key] = buffer.detach()  # an alias: a later save sees the current values
         layer.restore_state()
         layer.keep_state_current()
+
+
+def _model_plate_nesting(model, prototype, args, kwargs) -> int:
+    """The plate dims the whole model uses, observation plates included
+    (Pyro's prototype trace hides observed sites and their plates)."""
+    with torch.no_grad(), poutine.block():
+        trace = poutine.trace(poutine.replay(model, trace=prototype)).get_trace(*args, **kwargs)
+    return max(max_plate_nesting(trace), max_plate_nesting(prototype))
