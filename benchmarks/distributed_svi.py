@@ -4,7 +4,11 @@ A Bayesian linear regression on 10^6 rows and 10 features, fitted by
 ``pyroflows.infer.fit`` with AutoFlow (and AutoNormal) on minibatches of
 ``--batch`` rows a step: one process subsamples the whole data; under
 ``torchrun`` each of 2 processes holds half the rows and subsamples half the
-batch from its half (``data_plate="rows"``). Reports steps per second (after
+batch from its half (``data_plate="rows"``). A third case, "AutoFlow
+plate-aware", fits random intercepts of 2,000 groups of 100 rows (200,000
+rows, the regression's batch; a structured AutoFlow over the 2,000 group
+effects) with the groups plate numbered across the processes: each process
+holds and runs its 1,000 groups every step (one process: all 2,000). Reports steps per second (after
 ``--warmup`` steps) and their ratio, and the loss trajectories (means over
 windows of 50 steps) with the largest gap between them in units of its
 standard error (as if steps were independent), beside the same gap between
@@ -35,7 +39,7 @@ from pyroflows.distributed import setup_distributed, shard
 from pyroflows.infer import AutoFlow, fit
 
 ROWS, FEATURES, WINDOW = 1_000_000, 10, 50
-GUIDES = {"AutoFlow": lambda m: AutoFlow(m, warm_start=None), "AutoNormal": lambda m: AutoNormal(m)}
+GROUPS, PER_GROUP = 2_000, 100  # the plate-aware case: 200,000 rows in groups, all run each step
 
 
 def regression(x, y, batch):
@@ -45,6 +49,27 @@ def regression(x, y, batch):
         pyro.sample("y", dist.Normal(x[idx] @ beta, sigma), obs=y[idx])
 
 
+def random_intercepts(x, y, members):
+    """A group intercept per group; the groups plate numbered across the processes."""
+    mu, sd = pyro.sample("mu", dist.Normal(0.0, 5.0)), pyro.sample("sd", dist.HalfNormal(2.0))
+    slope, sigma = pyro.sample("slope", dist.Normal(0.0, 5.0)), pyro.sample("sigma", dist.HalfNormal(1.0))
+    with pyro.plate("groups", GROUPS, subsample=members):
+        a = pyro.sample("a", dist.Normal(mu, sd))
+        loc = a.unsqueeze(-1) + slope.unsqueeze(-1) * x
+        pyro.sample("y", dist.Normal(loc, sigma.unsqueeze(-1)).to_event(1), obs=y)
+
+
+def groups_plate(x, y, members):
+    return pyro.plate("groups", GROUPS, subsample=members)
+
+
+CASES = {
+    "AutoFlow": (regression, lambda m: AutoFlow(m, warm_start=None)),
+    "AutoNormal": (regression, AutoNormal),
+    "AutoFlow plate-aware": (random_intercepts, lambda m: AutoFlow(m, create_plates=groups_plate)),
+}
+
+
 def simulate() -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(0)
     x = torch.randn(ROWS, FEATURES, generator=g)
@@ -52,22 +77,35 @@ def simulate() -> tuple[torch.Tensor, torch.Tensor]:
     return x, x @ beta + 0.5 * torch.randn(ROWS, generator=g)
 
 
-def timed(guide_name: str, x, y, batch: int, steps: int, warmup: int, data_plate=None, seed: int = 0) -> dict:
+def case_args(name: str, batch: int, world: int) -> tuple[tuple, str]:
+    """The model's arguments for this process (its shard under torchrun) and the sharded plate."""
+    if CASES[name][0] is regression:
+        x, y = simulate()
+        return ((*shard(x, y), batch // world) if world > 1 else (x, y, batch)), "rows"
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(GROUPS, PER_GROUP, generator=g)
+    y = (1.0 + 0.5 * torch.randn(GROUPS, 1, generator=g)) + 0.7 * x + 0.5 * torch.randn(GROUPS, PER_GROUP, generator=g)
+    members = shard(torch.arange(GROUPS)) if world > 1 else torch.arange(GROUPS)
+    return (x[members], y[members], members), "groups"
+
+
+def timed(name: str, batch: int, steps: int, warmup: int, world: int = 1, seed: int = 0) -> dict:
     """``warmup`` steps, then ``steps`` timed steps (the same run continued)."""
     pyro.clear_param_store()
-    guide = GUIDES[guide_name](regression)
-    kw = {"seed": seed, "progress": False, "data_plate": data_plate, **FIXED_SCHEDULE}
-    fit(regression, guide, x, y, batch, num_steps=warmup, **kw)
+    model, make_guide = CASES[name]
+    args, plate = case_args(name, batch, world)
+    guide = make_guide(model)
+    kw = {"seed": seed, "progress": False, "data_plate": plate if world > 1 else None, **FIXED_SCHEDULE}
+    fit(model, guide, *args, num_steps=warmup, **kw)
     start = time.perf_counter()
-    losses = fit(regression, guide, x, y, batch, num_steps=steps, **kw)
+    losses = fit(model, guide, *args, num_steps=steps, **kw)
     return {"steps_per_s": steps / (time.perf_counter() - start), "losses": losses.tolist()}
 
 
 def worker(args) -> None:
     torch.set_num_threads(1)
     rank, world = setup_distributed()
-    x, y = shard(*simulate())
-    out = {g: timed(g, x, y, args.batch // world, args.steps, args.warmup, "rows") for g in args.guides}
+    out = {g: timed(g, args.batch, args.steps, args.warmup, world) for g in args.guides}
     if rank == 0:
         Path(args.worker).write_text(json.dumps({"world": world, **out}))
 
@@ -83,7 +121,7 @@ def trajectory_gap(a: list[float], b: list[float]) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--guides", nargs="*", default=list(GUIDES))
+    parser.add_argument("--guides", nargs="*", default=list(CASES))
     parser.add_argument("--batch", type=int, default=200_000, help="global minibatch of rows per step")
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--warmup", type=int, default=20)
@@ -93,9 +131,8 @@ def main() -> None:
     if args.worker:
         return worker(args)
     torch.set_num_threads(1)
-    x, y = simulate()
-    single = {g: timed(g, x, y, args.batch, args.steps, args.warmup) for g in args.guides}
-    reseeded = {g: timed(g, x, y, args.batch, args.steps, args.warmup, seed=1) for g in args.guides}
+    single = {g: timed(g, args.batch, args.steps, args.warmup) for g in args.guides}
+    reseeded = {g: timed(g, args.batch, args.steps, args.warmup, seed=1) for g in args.guides}
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "parallel.json"
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", __file__]
@@ -108,8 +145,8 @@ def main() -> None:
         rows.append(
             {
                 "guide": g,
-                "rows": ROWS,
-                "batch": args.batch,
+                "rows": ROWS if CASES[g][0] is regression else GROUPS * PER_GROUP,
+                "batch": args.batch if CASES[g][0] is regression else GROUPS * PER_GROUP,
                 "1 proc steps/s": one["steps_per_s"],
                 "2 procs steps/s": two["steps_per_s"],
                 "speed-up": two["steps_per_s"] / one["steps_per_s"],

@@ -25,7 +25,9 @@ makes each process's ELBO unbiased, members keep their global numbers, and
 the plate may hold latents (a plate-aware AutoFlow's members: each
 member's parameters get their gradient from the one process that holds it).
 `fit` tells the two apart by checking that the processes' members
-partition the plate.
+partition the plate, so in (2) each process runs all its members every
+step (a minibatch within a shard would not partition it; such a plate is
+treated as (1)).
 """
 
 from __future__ import annotations
