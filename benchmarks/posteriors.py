@@ -77,7 +77,7 @@ class _ParticleLog(logging.Handler):
             self.chosen = record.args[0]
 
 
-def run_guide(post, name: str, steps: int, seconds: float, seed: int, fixed: bool = False) -> dict:
+def run_guide(post, name: str, steps: int, seconds: float, seed: int, fixed: bool = False, lr: float = 5e-3) -> dict:
     """One guide fitted with fit's defaults (or its fixed schedule), scored on 4000 draws."""
     pyro.clear_param_store()
     pyro.set_rng_seed(seed)
@@ -89,8 +89,8 @@ def run_guide(post, name: str, steps: int, seconds: float, seed: int, fixed: boo
         rule = None if fixed else StopRule()
         options = FIXED_SCHEDULE if fixed else {"stop": rule}
         start, cpu = time.perf_counter(), time.process_time()
-        kw = {"num_steps": steps, "max_seconds": seconds, "progress": False, "seed": seed, **options, **post.kwargs}
-        losses = fit(post.model, guide, *post.args, **kw)
+        kw = {"num_steps": steps, "max_seconds": seconds, "lr": lr, "progress": False, "seed": seed, **options}
+        losses = fit(post.model, guide, *post.args, **kw, **post.kwargs)
         wall, cpu = time.perf_counter() - start, time.process_time() - cpu
         d = draw(post.model, guide, *post.args, num_samples=4000, **post.kwargs)
         lw = d.log_weights
@@ -138,6 +138,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=2000)
     parser.add_argument("--seconds", type=float, default=60.0)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--lr", type=float, default=5e-3, help="fit's peak learning rate (its default 5e-3)")
     parser.add_argument("--no-nuts", action="store_true")
     parser.add_argument(
         "--fixed", action="store_true", help="fit's fixed schedule: exactly --steps steps at 8 particles (else caps)"
@@ -157,7 +158,7 @@ def main() -> None:
             row = {
                 "posterior": name.split("-")[0],
                 "method": guide,
-                **run_guide(post, guide, args.steps, args.seconds, args.seed, args.fixed),
+                **run_guide(post, guide, args.steps, args.seconds, args.seed, args.fixed, args.lr),
             }
             rows.append(row)
             print(row, flush=True)
