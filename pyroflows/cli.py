@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import sys
 import time
 import warnings
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +31,26 @@ MEAN_FIELD = {"num_steps": 600, "lr": 0.05, "stop": None, "num_particles": 8}
 
 
 def demo(out: str, num_steps: int, seed: int, progress: bool) -> int:
-    """Fit AutoFlow (fit's defaults) and a mean-field guide to eight schools; print and write results."""
+    """Fit AutoFlow (fit's defaults) and, in a second process meanwhile, a
+    mean-field guide to eight schools; print and write results."""
+    import arviz as az
+
+    start, folder = time.perf_counter(), Path(out)
+    folder.mkdir(parents=True, exist_ok=True)
+    print(f"pyroflows demo: eight schools (non-centred); flow: fit's defaults (stop rule, at most {num_steps} steps)")
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        mean_field = pool.submit(_demo_fit, "mean-field", str(folder), num_steps, seed, False)
+        print(_demo_fit("flow", str(folder), num_steps, seed, progress))
+        print(mean_field.result())
+    results = {label: az.from_netcdf(str(folder / f"{label}.nc")) for label in ("flow", "mean-field")}
+    from pyroflows import posteriors
+
+    _report(results, posteriors.load(DEMO_POSTERIOR), folder, start)
+    return 0
+
+
+def _demo_fit(label: str, folder: str, num_steps: int, seed: int, progress: bool) -> str:
+    """One of the demo's fits, on one torch thread, written to ``folder/label.nc``; says how it ended."""
     import pyro
     import torch
     from pyro.infer.autoguide import AutoNormal
@@ -38,30 +59,21 @@ def demo(out: str, num_steps: int, seed: int, progress: bool) -> int:
     from pyroflows.diagnostics import to_inference_data
     from pyroflows.infer import AutoFlow, StopRule, fit
 
-    start, threads = time.perf_counter(), torch.get_num_threads()
-    post = posteriors.load(DEMO_POSTERIOR)
-    folder = Path(out)
-    folder.mkdir(parents=True, exist_ok=True)
-    print(f"pyroflows demo: eight schools (non-centred); flow: fit's defaults (stop rule, at most {num_steps} steps)")
-    results, rule = {}, StopRule()
-    fits = {"flow": (AutoFlow, {"stop": rule}), "mean-field": (AutoNormal, MEAN_FIELD)}
+    threads, post, rule = torch.get_num_threads(), posteriors.load(DEMO_POSTERIOR), StopRule()
+    make, options = (AutoFlow, {"stop": rule}) if label == "flow" else (AutoNormal, MEAN_FIELD)
+    options = {**options, "num_steps": min(num_steps, options.get("num_steps", num_steps))}
     torch.set_num_threads(1)  # small tensors: a second thread only adds overhead
     try:
-        for label, (make, options) in fits.items():
-            pyro.clear_param_store()
-            guide = make(post.model)
-            options = {**options, "num_steps": min(num_steps, options.get("num_steps", num_steps))}
-            with warnings.catch_warnings():  # the reason is printed below
-                warnings.filterwarnings("ignore", "fit stopped")
-                losses = fit(post.model, guide, *post.args, seed=seed, progress=progress, **options, **post.kwargs)
-            how = rule.reason if label == "flow" else f"lr {options['lr']}"
-            print(f"{label}: {len(losses)} steps ({how})")
-            results[label] = to_inference_data(post.model, guide, *post.args, num_samples=4000, **post.kwargs)
-            results[label].to_netcdf(str(folder / f"{label}.nc"))
+        pyro.clear_param_store()
+        guide = make(post.model)
+        with warnings.catch_warnings():  # the reason is printed
+            warnings.filterwarnings("ignore", "fit stopped")
+            losses = fit(post.model, guide, *post.args, seed=seed, progress=progress, **options, **post.kwargs)
+        idata = to_inference_data(post.model, guide, *post.args, num_samples=4000, **post.kwargs)
+        idata.to_netcdf(str(Path(folder) / f"{label}.nc"))
     finally:
         torch.set_num_threads(threads)
-    _report(results, post, folder, start)
-    return 0
+    return f"{label}: {len(losses)} steps ({rule.reason if label == 'flow' else 'lr ' + str(options['lr'])})"
 
 
 def _report(results: dict, post, folder: Path, start: float) -> None:
