@@ -30,14 +30,10 @@ def process_local():
 def setup_distributed() -> tuple[int, int]:
     """Join the process group when launched by ``torchrun`` (``WORLD_SIZE > 1``;
     NCCL with CUDA, else gloo); return ``(rank, world_size)``."""
-    if _LOCAL[0]:
-        return 0, 1
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+    joined = dist.is_available() and dist.is_initialized()
+    if not _LOCAL[0] and not joined and int(os.environ.get("WORLD_SIZE", "1")) > 1:
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
+    return rank_and_world()
 
 
 def rank_and_world() -> tuple[int, int]:

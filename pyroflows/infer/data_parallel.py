@@ -83,17 +83,16 @@ def prepare(model, guide, plate, args, kwargs, checkpoint, seed):
         raise ValueError("checkpoint is not supported in data-parallel fit; save from process 0 after fit returns")
     index = _plate_index(model, plate, args, kwargs)
     numbered = numbered_across_processes(*index)
-    if not numbered:
-        model, guide = sharded(model, guide, plate, rank_and_world()[1])
+    scaled_model, scaled_guide = (model, guide) if numbered else sharded(model, guide, plate, rank_and_world()[1])
     with torch.no_grad():
-        trace = poutine.trace(guide).get_trace(*args, **kwargs)  # parameters and warm start on this shard
+        trace = poutine.trace(scaled_guide).get_trace(*args, **kwargs)  # parameters and warm start on this shard
     _check_members(trace, plate, numbered, index[0])
-    synchronise_parameters(guide)
+    synchronise_parameters(guide)  # the guide itself: its buffers too
     if seed is None:
         seed = torch.randint(2**31 - 1, (1,))
         broadcast([seed])
     pyro.set_rng_seed(int(seed))
-    return model, guide
+    return scaled_model, scaled_guide
 
 
 def _plate_index(model, plate: str, args, kwargs) -> tuple[torch.Tensor, int]:

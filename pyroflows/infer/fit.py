@@ -184,7 +184,8 @@ def _nesting(elbo: ELBO) -> int:
     nesting = getattr(elbo, "max_plate_nesting", math.inf)
     if not math.isfinite(nesting):
         return 7
-    return int(nesting) - int(bool(getattr(elbo, "vectorize_particles", False)) and elbo.num_particles > 1)
+    vectorised = getattr(elbo, "vectorize_particles", False) and elbo.num_particles > 1
+    return int(nesting) - int(vectorised)
 
 
 def _report(rule: StopRule, step: int) -> None:

@@ -41,7 +41,10 @@ def choose_particles(model, guide, args, kwargs, tolerance: float = 1.3) -> int:
     except (ValueError, RuntimeError, NotImplementedError):  # the model does not run as is: fit will say why
         return BASE
     key = (type(guide).__qualname__, tolerance, _shapes(args), _shapes(kwargs))
-    known = _CHOSEN.setdefault(model, {}) if _weakly_referable(model) else {}
+    try:
+        known = _CHOSEN.setdefault(model, {})
+    except TypeError:  # a model that cannot be weakly referenced: timed every call
+        known = {}
     if key not in known:
         known[key] = _timed_choice(model, guide, args, kwargs, tolerance)
     return known[key]
@@ -67,14 +70,6 @@ def _shapes(values) -> tuple:
     return tuple(
         (k, tuple(v.shape), v.dtype) if isinstance(v, torch.Tensor) else (k, type(v).__qualname__) for k, v in items
     )
-
-
-def _weakly_referable(model) -> bool:
-    try:
-        weakref.ref(model)
-    except TypeError:
-        return False
-    return True
 
 
 def _seconds(model, guide, args, kwargs, num: int) -> float:

@@ -141,8 +141,10 @@ class StopRule:
         """The learning-rate factor at ``step`` within its cycle (a warm-up
         over ``warmup`` of it, then a cosine decay to ``final``)."""
         if self._cycle is None or step >= sum(self._cycle):
-            if self._cycle is None or self._near:  # lower the peak only once the guide is near its optimum
-                self._peak = 1.0 if self._cycle is None else max(final, self._peak * self.restart)
+            if self._cycle is None:
+                self._peak = 1.0
+            elif self._near:  # lower the peak only once the guide is near its optimum
+                self._peak = max(final, self._peak * self.restart)
             self._cycle = (step, self.plan(step, cap))
         start, length = self._cycle
         return self._peak * warmup_cosine(step - start, length, warmup, final / self._peak)
@@ -195,7 +197,7 @@ class StopRule:
                 subsampled = subsampled or _subsampled(trace)
                 for name, value in _latents(trace, num):
                     values.setdefault(name, []).append(value)
-        moments = {name: (torch.cat(v).mean(0), torch.cat(v).std(0)) for name, v in values.items()}
+        moments = {name: _mean_and_sd(torch.cat(v)) for name, v in values.items()}
         point_mass = all(bool((sd == 0).all()) for _, sd in moments.values())  # AutoDelta: q has no density
         return (math.nan if subsampled or point_mass else _khat(torch.cat(log_weights))), moments
 
@@ -236,6 +238,10 @@ def _latents(trace, num: int):
             value = site["value"]
             if value.is_floating_point() and value.numel() % num == 0:
                 yield name, value.detach().reshape(num, -1).double()
+
+
+def _mean_and_sd(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    return values.mean(0), values.std(0)
 
 
 def _drift(before: dict, after: dict) -> float:
