@@ -28,8 +28,6 @@ __all__ = [
     "IterateAverage",
     "NonFiniteLossError",
     "Trainer",
-    "check_positive",
-    "clip_gradients",
     "load_checkpoint",
     "save_checkpoint",
     "warmup_cosine",

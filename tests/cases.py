@@ -6,6 +6,7 @@ import torch
 
 from pyroflows import transforms as T
 from pyroflows.testing import TransformCase
+from pyroflows.transforms.base import ConditionedFlowTransform
 
 D, C = 5, 3
 
@@ -231,4 +232,4 @@ CASES += [
 ]
 
 # Abstract bases and helpers that are not layers of their own.
-NOT_LAYERS = {T.FlowTransform, T.ConditionalFlowTransform, T.ConditionedFlowTransform}
+NOT_LAYERS = {T.FlowTransform, T.ConditionalFlowTransform, ConditionedFlowTransform}

@@ -163,3 +163,21 @@ def test_no_block_of_six_lines_is_repeated():
     files = {str(path.relative_to(ROOT)): path.read_text() for path in ROOT.rglob("*.py")}
     repeated = list(_repeated_blocks(files).values())
     assert not repeated, f"factor out these repeated blocks: {repeated}"
+
+
+def test_each_public_name_has_one_home():
+    """A name is exported (``__all__``) by one subpackage only; the top-level
+    package's flow shortcuts (``pyroflows.nsf`` ...) are the one exception."""
+    import importlib
+    import pkgutil
+
+    import pyroflows
+
+    homes = collections.defaultdict(list)
+    for info in pkgutil.iter_modules(pyroflows.__path__):
+        module = importlib.import_module(f"pyroflows.{info.name}")
+        for name in getattr(module, "__all__", ()):
+            homes[name].append(info.name)
+    shared = {name: units for name, units in homes.items() if len(units) > 1}
+    assert not shared, f"names exported by more than one subpackage: {shared}"
+    assert sum(map(len, homes.values())) <= 143, "the public surface grew: export only what users call"

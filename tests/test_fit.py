@@ -8,8 +8,8 @@ import pytest
 import torch
 from pyro.infer.autoguide import AutoNormal
 
-from pyroflows.infer import NonFiniteLossError, fit
-from pyroflows.training import warmup_cosine
+from pyroflows.infer import fit
+from pyroflows.training import NonFiniteLossError, warmup_cosine
 
 
 def normal_model(data):

@@ -11,7 +11,8 @@ import pytest
 import torch
 from pyro.infer.autoguide import AutoNormal
 
-from pyroflows.infer import AutoFlow, NonFiniteLossError, fit
+from pyroflows.infer import AutoFlow, fit
+from pyroflows.training import NonFiniteLossError
 
 from .test_fit import normal_model  # the root conftest empties the param store before each test
 

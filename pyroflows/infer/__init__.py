@@ -1,8 +1,8 @@
 """Variational inference with flows: autoguides, flow priors, the fit loop."""
 
 from pyroflows.infer.amortized import AmortizedFlow
-from pyroflows.infer.autoguide import PRESETS, AutoFlow, default_options
-from pyroflows.infer.fit import NonFiniteLossError, fit
+from pyroflows.infer.autoguide import AutoFlow
+from pyroflows.infer.fit import fit
 from pyroflows.infer.latent import LatentSpace, init_to_mean_or_zero, init_to_unconstrained_zero
 from pyroflows.infer.mass_covering import fit_mass_covering
 from pyroflows.infer.neutra import neutra
@@ -11,14 +11,11 @@ from pyroflows.infer.stopping import StopRule
 from pyroflows.infer.warm_start import laplace
 
 __all__ = [
-    "PRESETS",
     "AmortizedFlow",
     "AutoFlow",
     "FlowPrior",
     "LatentSpace",
-    "NonFiniteLossError",
     "StopRule",
-    "default_options",
     "fit",
     "fit_mass_covering",
     "init_to_mean_or_zero",

@@ -8,7 +8,7 @@ from pyroflows.transforms.autoregressive import (
     ConditionalSplineAutoregressive,
     SplineAutoregressive,
 )
-from pyroflows.transforms.base import ConditionalFlowTransform, ConditionedFlowTransform, FlowTransform
+from pyroflows.transforms.base import ConditionalFlowTransform, FlowTransform
 from pyroflows.transforms.continuous import ConditionalContinuousFlow, ContinuousFlow
 from pyroflows.transforms.coupling import (
     AdditiveCoupling,
@@ -53,7 +53,6 @@ __all__ = [
     "ConditionalContinuousFlow",
     "ConditionalResidual",
     "ConditionalSplineCoupling",
-    "ConditionedFlowTransform",
     "ContinuousFlow",
     "Coupling",
     "FlowTransform",
