@@ -1,11 +1,9 @@
 """The one training engine every family uses (the VI fit, flow matching,
 discrete flow matching, image training): `Trainer` owns the loop's
 shared pieces (non-finite detection, gradient clipping, the learning-rate
-schedule, weight averaging, early stopping, ``max_seconds``, progress) and
-each family keeps only its loss and its batches.
-
-This module sits below every family so that each loop can import it
-without importing another family.
+schedule, weight averaging, early stopping, ``max_seconds``, progress,
+checkpoints) and each family keeps only its loss and its batches. It sits
+below every family, so no loop imports another family.
 """
 
 from __future__ import annotations
@@ -215,6 +213,7 @@ class Trainer:
         self.averager, self.restore, self.advice, self.loss_name = average, restore, advice, loss_name
         self.stopper = EarlyStopping(early_stopping) if early_stopping else None
         self.max_seconds, self.start = max_seconds, time.perf_counter()
+        self.agreed_seconds: float | None = None  # processes that must stop together set a shared clock
         self.step_count, self.losses, self.stopped = start_step, [], False
         self.checkpoint: tuple | None = None
         self.pending: dict | None = None
@@ -243,12 +242,11 @@ class Trainer:
         """The fraction of the run spent, by steps or by ``max_seconds``."""
         fraction = self.step_count / self.steps
         if self.max_seconds is not None:
-            fraction = max(fraction, (time.perf_counter() - self.start) / self.max_seconds)
+            fraction = max(fraction, self.seconds() / self.max_seconds)
         return fraction
 
     def fail(self, what: str, error: BaseException | None = None) -> None:
-        """Restore the last good parameters (with ``restore``) and raise
-        `NonFiniteLossError` saying ``what`` was not finite."""
+        """Restore the last good parameters (with ``restore``); raise `NonFiniteLossError` naming ``what``."""
         restored = ""
         if self.restore and self.params:
             with torch.no_grad():
@@ -289,9 +287,13 @@ class Trainer:
         self.stopped = (
             self.step_count >= self.steps
             or (self.stopper is not None and self.stopper(self.losses))
-            or (self.max_seconds is not None and time.perf_counter() - self.start > self.max_seconds)
+            or (self.max_seconds is not None and self.seconds() > self.max_seconds)
         )
         return self.stopped
+
+    def seconds(self) -> float:
+        """Seconds since the start, or ``agreed_seconds`` (data-parallel processes' shared clock)."""
+        return time.perf_counter() - self.start if self.agreed_seconds is None else self.agreed_seconds
 
     @property
     def running(self) -> bool:
@@ -305,14 +307,17 @@ class Trainer:
         generator: torch.Generator | None = None,
         every: int = 500,
         on_load: Callable[[], None] | None = None,
+        write: bool = True,
     ) -> None:
         """Resume from ``path`` if it exists (the ``modules``' weights, this
         trainer's state and the batch ``generator``); from then on save there
         every ``every`` steps and at `close`, atomically. ``on_load`` runs
         after the weights and before the random state are restored (a set-up
-        that draws random numbers, which the interrupted run did before)."""
+        that draws random numbers, which the interrupted run did before).
+        ``write=False``: gather the state (modules may gather across
+        processes) but leave the writing to another process."""
         check_positive("checkpoint_every", every, numbers.Integral)
-        self.checkpoint = (Path(path), modules, generator, every)
+        self.checkpoint = (Path(path), modules, generator, every, write)
         if self.checkpoint[0].exists():
             state = load_checkpoint(path, ("trainer", "generator", *modules))
             for name, module in modules.items():
@@ -324,10 +329,11 @@ class Trainer:
                 generator.set_state(state["generator"])
 
     def _save(self) -> None:
-        path, modules, generator, _ = self.checkpoint
+        path, modules, generator, _, write = self.checkpoint
         weights = {name: module.state_dict() for name, module in modules.items()}
         state = {"trainer": self.state_dict(), "generator": None if generator is None else generator.get_state()}
-        save_checkpoint(path, {**weights, **state})
+        if write:
+            save_checkpoint(path, {**weights, **state})
 
     def state_dict(self) -> dict:
         """What a resumed run needs to go on exactly: the step, the losses, the
@@ -361,8 +367,7 @@ class Trainer:
             self.averager.load_state_dict(state["average"])
 
     def close(self) -> list[float]:
-        """Save the checkpoint (if kept), put the average into the parameters
-        (if any), close the bar; the losses."""
+        """Save the checkpoint (if kept), put the average (if any) into the parameters, close the bar; the losses."""
         if self.checkpoint is not None:
             self._save()  # the raw parameters: a resumed run goes on from them
         self.bar.close()
@@ -374,8 +379,7 @@ class Trainer:
 
 
 def save_checkpoint(path: str | Path, state: dict) -> None:
-    """``torch.save`` to a temporary file, then rename: a run killed while
-    writing leaves the previous checkpoint whole."""
+    """``torch.save`` to a temporary file, then rename (a killed write leaves the last checkpoint whole)."""
     path = Path(path)
     temporary = path.with_name(path.name + ".tmp")
     torch.save(state, temporary)

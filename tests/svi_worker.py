@@ -2,6 +2,7 @@
 steps (gloo on CPU), each process fitting its shard of the rows."""
 
 import sys
+import time
 
 import pyro
 import pyro.distributions as dist
@@ -87,23 +88,23 @@ def with_defaults(x, y) -> dict:
 GROUPS, PER_GROUP = 40, 5
 
 
-def grouped_data() -> torch.Tensor:
+def grouped_data(groups: int = GROUPS) -> torch.Tensor:
     g = torch.Generator().manual_seed(1)
-    effects = 1.0 + 0.5 * torch.randn(GROUPS, generator=g)
-    return effects[:, None] + 0.3 * torch.randn(GROUPS, PER_GROUP, generator=g)
+    effects = 1.0 + 0.5 * torch.randn(groups, generator=g)
+    return effects[:, None] + 0.3 * torch.randn(groups, PER_GROUP, generator=g)
 
 
-def random_effects(y, members):
+def random_effects(y, members, groups=GROUPS):
     """One latent per group, the groups plate numbered across processes."""
     mu = pyro.sample("mu", dist.Normal(0.0, 5.0))
     sd = pyro.sample("sd", dist.HalfNormal(2.0))
-    with pyro.plate("groups", GROUPS, subsample=members):
+    with pyro.plate("groups", groups, subsample=members):
         effect = pyro.sample("effect", dist.Normal(mu, sd))
         pyro.sample("y", dist.Normal(effect.unsqueeze(-1), 0.3).to_event(1), obs=y)
 
 
-def groups_plate(y, members):
-    return pyro.plate("groups", GROUPS, subsample=members)
+def groups_plate(y, members, groups=GROUPS):
+    return pyro.plate("groups", groups, subsample=members)
 
 
 def plate_aware(members) -> dict:
@@ -131,6 +132,69 @@ def mismatched(members) -> str:
     return ""
 
 
+class Interrupted(Exception):
+    """A run killed mid-way (the model raises at the same call on every process)."""
+
+
+ODD_GROUPS = 41  # shards of 20 and 21 groups: the processes draw differently many random numbers
+
+
+def checkpointed(path: str, die_at: int | None = None) -> dict:
+    """AutoNormal over ODD_GROUPS groups numbered across the processes: 12 fixed-schedule steps, checkpointed
+    every 5; with ``die_at`` the model raises at that call. The losses, this process's parameters, the calls."""
+    pyro.clear_param_store()
+    members = shard(torch.arange(ODD_GROUPS))
+    calls = [0]
+
+    def model(y, members, groups):
+        calls[0] += 1
+        if calls[0] == die_at:
+            raise Interrupted
+        random_effects(y, members, groups)
+
+    options = {"num_steps": 12, "lr": 0.01, "num_particles": 4, "seed": 0, "stop": None, "progress": False}
+    guide = AutoNormal(model, create_plates=groups_plate)
+    y = grouped_data(ODD_GROUPS)[members]
+    try:
+        losses = fit(model, guide, y, members, groups=ODD_GROUPS, data_plate="groups", checkpoint=path,
+                     checkpoint_every=5, **options)  # fmt: skip
+    except Interrupted:
+        return {"calls": calls[0]}
+    params = {k: v.detach().clone() for k, v in pyro.get_param_store().named_parameters()}
+    return {"losses": torch.as_tensor(losses), "params": params, "calls": calls[0]}
+
+
+def resumed_equals_straight(out: str) -> bool:
+    """A data-parallel fit killed after its step-5 checkpoint, resumed, ends as the run never killed did."""
+    straight = checkpointed(out + ".straight")
+    killed = checkpointed(out + ".resumed", die_at=straight["calls"] - 3)  # in step 9
+    assert "losses" not in killed
+    resumed = checkpointed(out + ".resumed")
+    same = torch.equal(resumed["losses"], straight["losses"])
+    return same and all(torch.equal(resumed["params"][k], v) for k, v in straight["params"].items())
+
+
+def fast_clock(x, y) -> dict:
+    """fit with ``max_seconds`` while process 1's clock runs twice as fast: the steps each process took."""
+    real = time.perf_counter
+    if dist_.get_rank() == 1:
+        time.perf_counter = lambda: 2 * real()
+    try:
+        pyro.clear_param_store()
+        losses = fit(regression, AutoNormal(regression), x, y, num_steps=10**6, max_seconds=1.0, num_particles=4,
+                     seed=0, stop=None, progress=False, data_plate="rows")  # fmt: skip
+    finally:
+        time.perf_counter = real
+    params = torch.cat([v.detach().reshape(-1) for _, v in sorted(pyro.get_param_store().named_parameters())])
+    return {"steps": len(losses), "params": params}
+
+
+def gathered(value) -> list:
+    values = [None] * dist_.get_world_size()
+    dist_.all_gather_object(values, value)
+    return values
+
+
 def main(out: str) -> None:
     rank, world = setup_distributed()
     x, y = shard(*data())
@@ -139,6 +203,8 @@ def main(out: str) -> None:
     members = shard(torch.arange(GROUPS))
     grouped = {"plate_aware": plate_aware(members), "mismatched": mismatched(members)}
     error = refused(x, y)  # on every process: fit's checks are collective
+    grouped["resumed"] = gathered(resumed_equals_straight(out))
+    grouped["fast_clock"] = gathered(fast_clock(x, y))
     if rank == 0:
         torch.save({"world": world, "results": results, "refused": error, "defaults": defaults, **grouped}, out)
     dist_.barrier()

@@ -33,6 +33,11 @@ def test_two_processes_take_the_same_steps_as_one_on_the_whole_batch(tmp_path):
         both_mean, both_sd = parallel["plate_aware"][name]
         assert abs(both_mean - mean) < 0.2 * sd and abs(math.log(both_sd / sd)) < 0.1, (name, single, parallel)
     assert "the guide runs other members" in parallel["mismatched"]
+    # a checkpointed run killed and resumed ends as the straight run, on each process (each has its own RNG)
+    assert parallel["resumed"] == [True, True]
+    # max_seconds on clocks that disagree (process 1's runs twice as fast): both stop at the same step
+    clocks = parallel["fast_clock"]
+    assert clocks[0]["steps"] == clocks[1]["steps"] < 10**6 and torch.equal(clocks[0]["params"], clocks[1]["params"])
     x, y = data()
     for name in GUIDES:
         single, both = run(name, x, y), parallel["results"][name]

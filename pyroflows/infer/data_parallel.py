@@ -71,7 +71,7 @@ def sharded(model, guide, plate: str, world: int):
     return ShardScale(plate, world)(model), ShardScale(plate, world)(guide)
 
 
-def prepare(model, guide, plate, args, kwargs, checkpoint, seed):
+def prepare(model, guide, plate, args, kwargs, seed):
     """Model and guide scaled for this process's shard, set up once (the
     guide's parameters made) and synchronised to process 0's; every process
     then draws from the same seed. A plate numbered across the processes
@@ -79,8 +79,6 @@ def prepare(model, guide, plate, args, kwargs, checkpoint, seed):
     hold latents."""
     if plate is None:
         raise ValueError("under torchrun with several processes fit needs data_plate: the plate over each shard")
-    if checkpoint is not None:
-        raise ValueError("checkpoint is not supported in data-parallel fit; save from process 0 after fit returns")
     index = _plate_index(model, plate, args, kwargs)
     numbered = numbered_across_processes(*index)
     scaled_model, scaled_guide = (model, guide) if numbered else sharded(model, guide, plate, rank_and_world()[1])
@@ -162,10 +160,13 @@ def synchronise_parameters(guide) -> None:
     broadcast(tensors)
 
 
-def average_gradients(params: list[torch.Tensor], loss: float) -> float:
+def average_gradients(params: list[torch.Tensor], loss: float, seconds: float) -> tuple[float, float]:
     """Average the gradients of ``params`` over the processes (a missing one
-    counts as zero); the mean loss."""
+    counts as zero); the mean loss and the mean of the processes' clocks
+    (``seconds``), one clock that all of them schedule and stop by."""
     for p in params:
         if p.grad is None:
             p.grad = torch.zeros_like(p)
-    return all_average([p.grad for p in params], loss)
+    clock = torch.tensor([seconds], dtype=torch.float64)
+    loss = all_average([p.grad for p in params] + [clock], loss)
+    return loss, float(clock)

@@ -6,6 +6,7 @@ import contextlib
 import logging
 import math
 import numbers
+import time
 import warnings
 from pathlib import Path
 
@@ -104,9 +105,9 @@ def fit(
     repeat bit for bit), or ``loss``. A non-finite loss or gradient
     restores the last finite parameters and raises `NonFiniteLossError`.
     ``early_stopping``: a patience in steps; ``checkpoint``: a path saved
-    every ``checkpoint_every`` steps and resumed from. Under ``torchrun``
-    ``data_plate`` names the plate over each process's shard
-    (`pyroflows.infer.data_parallel`). ``*args, **kwargs``: the model's.
+    every ``checkpoint_every`` steps and resumed from (under ``torchrun`` by
+    process 0, read by all), ``data_plate``: under ``torchrun``, the plate
+    over each process's shard. ``*args, **kwargs``: the model's.
 
     Examples:
         >>> import pyro.distributions as dist
@@ -118,13 +119,13 @@ def fit(
         600
     """
     _check_options(num_steps, lr, num_particles, clip_norm, early_stopping, max_seconds, warmup, average, final_lr)
-    model, guide, world, progress, rule = _processes(
-        model, guide, data_plate, args, kwargs, checkpoint, seed, progress, _stop_rule(stop)
-    )
+    world, progress, rule = _processes(data_plate, seed, progress, _stop_rule(stop))
     trainer = _trainer(num_steps, warmup, final_lr, average, clip_norm, early_stopping, max_seconds, progress, rule)
-    elbo, problem = _Elbo(loss, num_particles, vectorize_particles), (model, guide, args, kwargs)
+    elbo = _Elbo(loss, num_particles, vectorize_particles)
+    problem = _Problem(model, guide, args, kwargs, data_plate, seed)
     if checkpoint is not None:  # loads the param store: before the guide's first run
         _keep_checkpoint(trainer, checkpoint, checkpoint_every, elbo, problem, rule)
+    model, guide, _, _ = problem
     with _quiet_plate_nesting_guess():
         _run(trainer, rule, elbo.get(problem), model, guide, args, kwargs, lr, average, loss is None, world)
     return _finish(trainer, rule)
@@ -137,18 +138,33 @@ def _finish(trainer: Trainer, rule: StopRule | None) -> np.ndarray:
     return losses
 
 
-def _processes(model, guide, plate, args, kwargs, checkpoint, seed, progress, rule):
-    """Seed Pyro; model, guide, number of processes, progress and rule for
-    this process (under torchrun: scaled to its shard, progress on process 0 only)."""
+def _processes(plate, seed, progress, rule):
+    """Seed Pyro; number of processes, progress and rule for this process
+    (under torchrun: progress on process 0 only, the rule for a shard)."""
     if plate is not None and not isinstance(plate, str):
         raise TypeError(f"data_plate must be a plate's name (str) or None, got {plate!r}")
     if seed is not None:
         pyro.set_rng_seed(seed)
     rank, world = setup_distributed()
     if world > 1:
-        model, guide = prepare(model, guide, plate, args, kwargs, checkpoint, seed)
         progress, rule = progress and rank == 0, rule and rule.sharded()
-    return model, guide, world, progress, rule
+    return world, progress, rule
+
+
+class _Problem:
+    """Model, guide and their arguments; under torchrun the model and guide
+    are prepared for this process's shard (`prepare`) at first use, which
+    comes after a checkpoint's param store has loaded."""
+
+    def __init__(self, model, guide, args, kwargs, plate, seed) -> None:
+        self.model, self.guide, self.args, self.kwargs, self.plate, self.seed = model, guide, args, kwargs, plate, seed
+        self.ready = rank_and_world()[1] == 1
+
+    def __iter__(self):
+        if not self.ready:
+            self.ready = True
+            self.model, self.guide = prepare(self.model, self.guide, self.plate, self.args, self.kwargs, self.seed)
+        return iter((self.model, self.guide, self.args, self.kwargs))
 
 
 def _run(trainer: Trainer, rule, elbo, model, guide, args, kwargs, lr, average, may_fall_back, world) -> None:
@@ -159,7 +175,7 @@ def _run(trainer: Trainer, rule, elbo, model, guide, args, kwargs, lr, average, 
         if trainer.optimizer is None or len(params) != len(trainer.params):
             trainer.use(torch.optim.Adam(params, lr=lr, foreach=True))  # Pyro made new parameters
         if world > 1:
-            value = average_gradients(params, value)
+            value, trainer.agreed_seconds = average_gradients(params, value, time.perf_counter() - trainer.start)
         trainer.step(value)
         if rule is not None and rule.after_step(trainer.step_count, trainer.params, average):
             converged = rule.end_cycle(trainer.step_count, trainer.params, model, guide, args, kwargs, _nesting(elbo))
@@ -242,8 +258,43 @@ def _keep_checkpoint(trainer: Trainer, path, every: int, elbo: _Elbo, problem, r
     def prime() -> None:
         elbo.built = _prime(elbo.get(problem), *problem, elbo.loss is None)
 
+    rank, world = rank_and_world()
     modules = {"param_store": _ParamStoreState(), "particles": elbo, "stop_rule": _RuleState(rule)}
-    trainer.keep_checkpoint(path, modules, None, every, prime)
+    if world > 1:
+        _check_readable(Path(path))
+        modules["process_rng"] = _ProcessRngs()
+    trainer.keep_checkpoint(path, modules, None, every, prime, write=rank == 0)
+    if world > 1:
+        modules["process_rng"].restore()
+
+
+def _check_readable(path: Path) -> None:
+    """Every data-parallel process must see the checkpoint, or none."""
+    exists = path.exists()
+    if not all_agree(exists) and not all_agree(not exists):
+        raise ValueError(f"checkpoint {path} exists for some processes only: give a path every process can read")
+
+
+class _ProcessRngs:
+    """Each data-parallel process's torch random state (processes that draw
+    differently many numbers, e.g. shards of unequal size, part ways)."""
+
+    def __init__(self) -> None:
+        self.loaded = None
+
+    def state_dict(self) -> list[torch.Tensor]:
+        states = [None] * rank_and_world()[1]
+        torch.distributed.all_gather_object(states, torch.get_rng_state())
+        return states
+
+    def load_state_dict(self, states: list[torch.Tensor]) -> None:
+        rank, world = rank_and_world()
+        if len(states) == world:  # else resumed on another number of processes: process 0's state (the trainer's)
+            self.loaded = states[rank]
+
+    def restore(self) -> None:
+        if self.loaded is not None:
+            torch.set_rng_state(self.loaded)
 
 
 class _RuleState:
