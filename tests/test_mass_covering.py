@@ -3,6 +3,7 @@
 import pyro
 import pyro.distributions as dist
 import pytest
+import torch
 from pyro.infer.autoguide import AutoNormal
 
 from pyroflows.infer import fit, fit_mass_covering
@@ -44,3 +45,17 @@ def test_fine_tuning_widens_a_mode_seeking_guide_towards_the_marginals():
 def test_bad_options_raise(options, error, message):
     with pytest.raises(error, match=message):
         fit_mass_covering(correlated, AutoNormal(correlated), progress=False, **options)
+
+
+def subsampled(data):
+    mu = pyro.sample("mu", dist.Normal(0.0, 1.0))
+    with pyro.plate("rows", len(data), subsample_size=10) as idx:
+        pyro.sample("y", dist.Normal(mu, 1.0), obs=data[idx])
+
+
+def test_a_subsampled_model_is_refused():
+    data = torch.randn(100)
+    guide = AutoNormal(subsampled)
+    fit(subsampled, guide, data, num_steps=20, progress=False, seed=0, stop=None)
+    with pytest.raises(ValueError, match="plate 'rows' subsamples 10 of its 100 members"):
+        fit_mass_covering(subsampled, guide, data, num_steps=5, progress=False)

@@ -19,9 +19,15 @@ al., 2018).
 
 from __future__ import annotations
 
-import numpy as np
-from pyro.infer import RenyiELBO
+import inspect
 
+import numpy as np
+import torch
+from pyro import poutine
+from pyro.infer import RenyiELBO
+from pyro.poutine.util import site_is_subsample
+
+from pyroflows.distributed import rank_and_world
 from pyroflows.infer.fit import fit
 
 __all__ = ["fit_mass_covering"]
@@ -42,8 +48,9 @@ def fit_mass_covering(
     Runs `fit` (same schedule, clipping, averaging and
     non-finite checks; its options pass through ``kwargs``) with Pyro's
     ``RenyiELBO(alpha, num_particles, vectorize_particles=True)``. Call it
-    after ``fit``; the model must vectorise over particles and should not
-    subsample (the bound is not unbiased over minibatches).
+    after ``fit``; the model must vectorise over particles and must not
+    subsample or be sharded over processes (the bound is not unbiased over
+    minibatches): both raise ``ValueError``.
 
     Examples:
         >>> import pyro
@@ -64,6 +71,26 @@ def fit_mass_covering(
         raise ValueError(f"num_particles must be an int >= 2, got {num_particles!r}")
     if "loss" in kwargs:
         raise TypeError("fit_mass_covering sets the loss itself; for another objective call fit(loss=...)")
+    _check_full_data(model, guide, args, kwargs)
     loss = RenyiELBO(alpha=alpha, num_particles=num_particles, vectorize_particles=True)
     kwargs.setdefault("stop", None)  # a fine-tuning phase of fixed length
     return fit(model, guide, *args, loss=loss, num_steps=num_steps, lr=lr, **kwargs)
+
+
+def _check_full_data(model, guide, args, kwargs) -> None:
+    """Refuse minibatches: a subsampled plate, or a data-parallel shard."""
+    if kwargs.get("data_plate") is not None and rank_and_world()[1] > 1:
+        raise ValueError("fit_mass_covering cannot run data-parallel: the bound on a shard is not unbiased")
+    model_kwargs = {k: v for k, v in kwargs.items() if k not in _FIT_OPTIONS}
+    with torch.no_grad(), poutine.block():
+        guide_trace = poutine.trace(guide).get_trace(*args, **model_kwargs)
+        trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*args, **model_kwargs)
+    for name, site in trace.nodes.items():
+        if site["type"] == "sample" and site_is_subsample(site) and len(site["value"]) < site["fn"].size:
+            raise ValueError(
+                f"fit_mass_covering: plate {name!r} subsamples {len(site['value'])} of its {site['fn'].size} "
+                "members; the Renyi bound is not unbiased over minibatches: fine-tune on the full data"
+            )
+
+
+_FIT_OPTIONS = {name for name, p in inspect.signature(fit).parameters.items() if p.kind is p.KEYWORD_ONLY}
