@@ -39,7 +39,8 @@ from pyro.distributions.transforms import iterated, spline_autoregressive
 from pyro.infer import autoguide
 
 from pyroflows import posteriors
-from pyroflows.diagnostics import compare, draw, nuts, posterior_draws, psis
+from pyroflows.diagnostics import compare, draw, nuts, psis
+from pyroflows.diagnostics.arviz import posterior_draws
 from pyroflows.infer import AutoFlow, StopRule, fit, init_to_mean_or_zero
 
 GUIDES = {

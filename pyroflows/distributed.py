@@ -10,7 +10,7 @@ import os
 import torch
 import torch.distributed as dist
 
-__all__ = ["process_local", "rank_and_world", "setup_distributed", "shard"]
+__all__ = ["process_local", "setup_distributed", "shard"]
 
 _LOCAL = [0]  # how many process_local() blocks are open
 

@@ -38,8 +38,6 @@ from pyroflows.transforms import (
 )
 
 __all__ = [
-    "PRESETS",
-    "default_options",
     "ffjord",
     "iaf",
     "latent_flow",

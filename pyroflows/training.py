@@ -26,8 +26,6 @@ __all__ = [
     "IterateAverage",
     "NonFiniteLossError",
     "Trainer",
-    "load_checkpoint",
-    "save_checkpoint",
     "warmup_cosine",
     "warmup_polynomial",
 ]

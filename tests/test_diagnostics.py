@@ -13,11 +13,11 @@ from pyroflows.diagnostics import (
     importance_resample,
     nuts,
     pair_plot,
-    posterior_draws,
     psis,
     psis_diagnostic,
     to_inference_data,
 )
+from pyroflows.diagnostics.arviz import posterior_draws
 
 
 @pytest.fixture(autouse=True)

@@ -1,6 +1,6 @@
 """Posterior diagnostics: PSIS k-hat, importance resampling, ArviZ, reference comparison."""
 
-from pyroflows.diagnostics.arviz import nuts, posterior_draws, to_inference_data
+from pyroflows.diagnostics.arviz import nuts, to_inference_data
 from pyroflows.diagnostics.draws import GuideDraws, draw
 from pyroflows.diagnostics.importance import PSIS, importance_resample, psis, psis_diagnostic
 from pyroflows.diagnostics.plots import pair_plot
@@ -16,7 +16,6 @@ __all__ = [
     "importance_resample",
     "nuts",
     "pair_plot",
-    "posterior_draws",
     "psis",
     "psis_diagnostic",
     "to_inference_data",

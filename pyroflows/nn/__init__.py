@@ -3,7 +3,7 @@
 from pyroflows.nn.convnets import ConvResNet
 from pyroflows.nn.dense import DenseNN
 from pyroflows.nn.lipschitz import LipschitzConvNet, LipschitzMLP, LipSwish, SpectralNormConv2d, SpectralNormLinear
-from pyroflows.nn.made import MADE, MaskedLinear
+from pyroflows.nn.made import MADE
 from pyroflows.nn.odenet import ConcatSquashLinear, ConcatSquashMLP
 
 __all__ = [
@@ -15,7 +15,6 @@ __all__ = [
     "LipSwish",
     "LipschitzConvNet",
     "LipschitzMLP",
-    "MaskedLinear",
     "SpectralNormConv2d",
     "SpectralNormLinear",
 ]
