@@ -252,10 +252,13 @@ class Trainer:
             restored = "; parameters restored to the last step with a finite loss"
         raise NonFiniteLossError(f"non-finite {what} at step {self.step_count}{restored}: {self.advice}") from error
 
-    def step(self, loss: torch.Tensor | float) -> bool:
+    def step(self, loss: torch.Tensor | float, value: float | None = None) -> bool:
         """Back-propagate ``loss`` (a float: the gradients are already there),
-        clip, check, schedule and take the optimiser step; True when the run should stop."""
-        value = loss.item() if torch.is_tensor(loss) else float(loss)
+        clip, check, schedule and take the optimiser step; True when the run
+        should stop. ``value``: the loss to check and record, if not ``loss``'s
+        (processes that must stop together pass their mean)."""
+        if value is None:
+            value = loss.item() if torch.is_tensor(loss) else float(loss)
         if not math.isfinite(value):
             self.fail(f"{self.loss_name}: {self.loss_name} is {value}")
         if torch.is_tensor(loss):

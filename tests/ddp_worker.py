@@ -9,6 +9,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from pyroflows.images import ImageFlow, glow
 from pyroflows.images.train import setup_distributed, train_images
+from pyroflows.training import NonFiniteLossError
 
 
 def tiny_model() -> ImageFlow:
@@ -32,13 +33,33 @@ def one_step_gradients(model, data, rank: int, world: int) -> dict:
     return {name: p.grad.clone() for name, p in model.named_parameters()}
 
 
+def nan_on_one_rank(rank: int) -> str:
+    """Train while rank 1's third batch gives a NaN loss: the error each rank raises (a hang before)."""
+    model, calls = tiny_model(), [0]
+    forward = model.forward
+
+    def flaky(*args, **kwargs):
+        calls[0] += 1
+        out = forward(*args, **kwargs)
+        return out * float("nan") if rank == 1 and calls[0] == 3 else out
+
+    model.forward = flaky
+    try:
+        train_images(model, tiny_data(), epochs=2, batch_size=8, warmup_steps=2, progress=False)
+    except NonFiniteLossError as err:
+        return str(err)
+    return ""
+
+
 def main(out: str) -> None:
     rank, world = setup_distributed()
     grads = one_step_gradients(tiny_model(), tiny_data(), rank, world)
     model = tiny_model()
     train_images(model, tiny_data(), epochs=2, batch_size=8, warmup_steps=2, progress=False)
+    errors = [None] * world
+    dist.all_gather_object(errors, nan_on_one_rank(rank))
     if rank == 0:
-        torch.save({"grads": grads, "state": model.state_dict(), "world": world}, out)
+        torch.save({"grads": grads, "state": model.state_dict(), "world": world, "nan_errors": errors}, out)
     dist.barrier()
     dist.destroy_process_group()
 

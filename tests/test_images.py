@@ -274,6 +274,8 @@ def test_ddp_on_two_cpu_processes_matches_one_process(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     ddp = torch.load(out)
     assert ddp["world"] == 2
+    # a NaN loss on one rank stops both with NonFiniteLossError at the same step (the other rank hung before)
+    assert all("non-finite bits/dim" in e and "at step 2" in e for e in ddp["nan_errors"]), ddp["nan_errors"]
     grads = one_step_gradients(tiny_model(), tiny_data(), 0, 1)
     for name, g in grads.items():
         assert torch.allclose(ddp["grads"][name], g, rtol=1e-4, atol=1e-6), name

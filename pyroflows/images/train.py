@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from pyroflows.distributed import setup_distributed
+from pyroflows.distributed import all_average, setup_distributed
 from pyroflows.images.model import ImageFlow
 from pyroflows.training import Trainer, load_checkpoint, save_checkpoint, warmup_polynomial
 
@@ -148,7 +148,7 @@ def train_images(
     end_of_epoch = _EpochEnd(test_data, samples, temperature, checkpoint, seed, rank, batch_size)
     share = slice(rank * (batch_size // world), (rank + 1) * (batch_size // world))
     for epoch in range(start_epoch, epochs):
-        _train_epoch(trainer, net, model, train_data, (seed, epoch, batch_size, share), history)
+        _train_epoch(trainer, net, model, train_data, (seed, epoch, batch_size, share, world), history)
         if (epoch + 1) % eval_every == 0 or epoch + 1 == epochs:
             end_of_epoch(model, optimizer, history, epoch + 1)
         if callback is not None and callback(epoch + 1, history):
@@ -163,12 +163,14 @@ def _ddp_devices(device: torch.device) -> list | None:
 
 def _train_epoch(trainer: Trainer, net, model: ImageFlow, data, where: tuple, history: ImageHistory) -> None:
     """One pass over ``data`` in the epoch's order; this rank takes its ``share`` of each batch."""
-    seed, epoch, batch_size, share = where
+    seed, epoch, batch_size, share, world = where
     began, order = time.perf_counter(), _epoch_order(len(data), seed, epoch)
     for k in range(len(data) // batch_size):
         index = order[k * batch_size : (k + 1) * batch_size][share]
         noise = model.draw_noise(batch_size, _generator(seed, trainer.step_count))[share]
-        trainer.step(net(data[index].to(model.flow.top.mean.device), noise).mean())
+        loss = net(data[index].to(model.flow.top.mean.device), noise).mean()
+        # under DDP the ranks' mean: the whole batch's bits/dim, and a NaN on one rank stops all of them
+        trainer.step(loss, None if world == 1 else all_average([], float(loss)))
         history.train_bpd.append(trainer.losses[-1])
         history.lr.append(trainer.optimizer.param_groups[0]["lr"])
     history.epoch_seconds.append(time.perf_counter() - began)
