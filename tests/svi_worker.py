@@ -12,6 +12,7 @@ from pyro.infer.autoguide import AutoNormal
 
 from pyroflows.distributed import setup_distributed, shard
 from pyroflows.infer import AutoFlow, fit
+from pyroflows.training import NonFiniteLossError
 
 
 def regression(x, y):
@@ -189,6 +190,20 @@ def fast_clock(x, y) -> dict:
     return {"steps": len(losses), "params": params}
 
 
+def nan_on_one_process(x, y) -> str:
+    """fit while process 1's shard holds a NaN row: the error each process raises (process 0 hung before)."""
+    pyro.clear_param_store()
+    y = y.clone()
+    if dist_.get_rank() == 1:
+        y[3] = float("nan")
+    try:
+        fit(regression, AutoNormal(regression), x, y, num_steps=5, num_particles=4, seed=0, stop=None,
+            progress=False, data_plate="rows")  # fmt: skip
+    except (NonFiniteLossError, RuntimeError) as err:
+        return f"{type(err).__name__}: {err}"
+    return ""
+
+
 def gathered(value) -> list:
     values = [None] * dist_.get_world_size()
     dist_.all_gather_object(values, value)
@@ -205,6 +220,7 @@ def main(out: str) -> None:
     error = refused(x, y)  # on every process: fit's checks are collective
     grouped["resumed"] = gathered(resumed_equals_straight(out))
     grouped["fast_clock"] = gathered(fast_clock(x, y))
+    grouped["nan_errors"] = gathered(nan_on_one_process(x, y))
     if rank == 0:
         torch.save({"world": world, "results": results, "refused": error, "defaults": defaults, **grouped}, out)
     dist_.barrier()

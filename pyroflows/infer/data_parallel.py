@@ -32,6 +32,8 @@ treated as (1)).
 
 from __future__ import annotations
 
+import contextlib
+
 import pyro
 import torch
 from pyro import poutine
@@ -45,6 +47,7 @@ from pyroflows.infer.latent import init_to_mean_or_zero
 __all__ = [
     "ShardScale",
     "all_agree",
+    "together",
     "average_gradients",
     "numbered_across_processes",
     "prepare",
@@ -82,7 +85,7 @@ def prepare(model, guide, plate, args, kwargs, seed):
     index = _plate_index(model, plate, args, kwargs)
     numbered = numbered_across_processes(*index)
     scaled_model, scaled_guide = (model, guide) if numbered else sharded(model, guide, plate, rank_and_world()[1])
-    with torch.no_grad():
+    with together(0), torch.no_grad():
         trace = poutine.trace(scaled_guide).get_trace(*args, **kwargs)  # parameters and warm start on this shard
     _check_members(trace, plate, numbered, index[0])
     synchronise_parameters(guide)  # the guide itself: its buffers too
@@ -142,6 +145,20 @@ def _check_members(trace, plate: str, numbered: bool, index: torch.Tensor) -> No
 
 def _in_plate(site, plate: str) -> bool:
     return any(f.name == plate for f in site["cond_indep_stack"])
+
+
+@contextlib.contextmanager
+def together(step: int):
+    """One process's share of a collective step: an error raised inside is
+    voted to every process (each then raises) instead of leaving them waiting
+    in the next all-reduce."""
+    try:
+        yield
+    except Exception:
+        all_agree(False)
+        raise
+    if not all_agree(True):
+        raise RuntimeError(f"another data-parallel process failed at step {step}; its own error says why")
 
 
 def all_agree(flag: bool) -> bool:

@@ -17,7 +17,7 @@ from pyro import poutine
 from pyro.infer import ELBO, Trace_ELBO
 
 from pyroflows.distributed import broadcast, rank_and_world, setup_distributed
-from pyroflows.infer.data_parallel import all_agree, average_gradients, prepare
+from pyroflows.infer.data_parallel import all_agree, average_gradients, prepare, together
 from pyroflows.infer.particles import choose_particles
 from pyroflows.infer.stopping import StopRule
 from pyroflows.training import IterateAverage, NonFiniteLossError, Trainer, check_positive, warmup_cosine
@@ -171,7 +171,8 @@ def _run(trainer: Trainer, rule, elbo, model, guide, args, kwargs, lr, average, 
     """The step loop: loss and gradients (averaged across processes), the
     optimiser step, and the stop rule's checks at the end of each cycle."""
     while trainer.running:
-        value, elbo, params = _loss_and_grads(elbo, model, guide, args, kwargs, trainer, may_fall_back)
+        with together(trainer.step_count) if world > 1 else contextlib.nullcontext():  # one fails: all stop
+            value, elbo, params = _loss_and_grads(elbo, model, guide, args, kwargs, trainer, may_fall_back)
         if trainer.optimizer is None or len(params) != len(trainer.params):
             trainer.use(torch.optim.Adam(params, lr=lr, foreach=True))  # Pyro made new parameters
         if world > 1:
