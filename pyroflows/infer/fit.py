@@ -170,8 +170,9 @@ class _Problem:
 def _run(trainer: Trainer, rule, elbo, model, guide, args, kwargs, lr, average, may_fall_back, world) -> None:
     """The step loop: loss and gradients (averaged across processes), the
     optimiser step, and the stop rule's checks at the end of each cycle."""
+    problem = (model, guide, args, kwargs)
     while trainer.running:
-        with together(trainer.step_count) if world > 1 else contextlib.nullcontext():  # one fails: all stop
+        with _together(world, trainer.step_count):  # one process fails: all stop
             value, elbo, params = _loss_and_grads(elbo, model, guide, args, kwargs, trainer, may_fall_back)
         if trainer.optimizer is None or len(params) != len(trainer.params):
             trainer.use(torch.optim.Adam(params, lr=lr, foreach=True))  # Pyro made new parameters
@@ -179,10 +180,15 @@ def _run(trainer: Trainer, rule, elbo, model, guide, args, kwargs, lr, average, 
             value, trainer.agreed_seconds = average_gradients(params, value, time.perf_counter() - trainer.start)
         trainer.step(value)
         if rule is not None and rule.after_step(trainer.step_count, trainer.params, average):
-            converged = rule.end_cycle(trainer.step_count, trainer.params, model, guide, args, kwargs, _nesting(elbo))
+            with _together(world, trainer.step_count):
+                converged = rule.end_cycle(trainer.step_count, trainer.params, *problem, _nesting(elbo))
             trainer.stopped = all_agree(converged) if world > 1 else converged
     if rule is not None and rule.mid_cycle:  # a time cap cut the cycle short
         rule.end_cycle(trainer.step_count, trainer.params, model, guide, args, kwargs, _nesting(elbo))
+
+
+def _together(world: int, step: int):
+    return together(step) if world > 1 else contextlib.nullcontext()
 
 
 def _stop_rule(stop) -> StopRule | None:
