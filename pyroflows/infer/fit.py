@@ -16,7 +16,7 @@ import torch
 from pyro import poutine
 from pyro.infer import ELBO, Trace_ELBO
 
-from pyroflows.distributed import broadcast, rank_and_world, setup_distributed
+from pyroflows.distributed import all_average, broadcast, rank_and_world, setup_distributed
 from pyroflows.infer.data_parallel import all_agree, average_gradients, prepare, together
 from pyroflows.infer.particles import choose_particles
 from pyroflows.infer.stopping import StopRule
@@ -289,15 +289,19 @@ class _ProcessRngs:
     def __init__(self) -> None:
         self.loaded = None
 
-    def state_dict(self) -> list[torch.Tensor]:
-        states = [None] * rank_and_world()[1]
-        torch.distributed.all_gather_object(states, torch.get_rng_state())
-        return states
+    def state_dict(self) -> torch.Tensor:
+        """Every process's state, one row each (gathered through a sum: no object collectives)."""
+        rank, world = rank_and_world()
+        state = torch.get_rng_state()
+        rows = torch.zeros(world, len(state), dtype=torch.float64)
+        rows[rank] = state.double()
+        all_average([rows])
+        return (rows * world).round().to(torch.uint8)
 
-    def load_state_dict(self, states: list[torch.Tensor]) -> None:
+    def load_state_dict(self, states: torch.Tensor) -> None:
         rank, world = rank_and_world()
         if len(states) == world:  # else resumed on another number of processes: process 0's state (the trainer's)
-            self.loaded = states[rank]
+            self.loaded = states[rank].clone()  # torch.set_rng_state crashes on a view with an offset
 
     def restore(self) -> None:
         if self.loaded is not None:
