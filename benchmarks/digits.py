@@ -53,6 +53,7 @@ def main() -> None:
     parser.add_argument("--kinds", nargs="+", default=["maf", "nsf", "realnvp"])
     parser.add_argument("--libraries", nargs="+", default=["pyroflows", "zuko", "nflows"])
     args = parser.parse_args()
+    torch.set_num_threads(1)  # the stored table's setting (the runs' trajectories depend on it)
     train_x, valid_x, test_x = digits()
     rows = []
     for kind in args.kinds:
