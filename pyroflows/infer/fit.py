@@ -172,7 +172,7 @@ def _run(trainer: Trainer, rule, elbo, model, guide, args, kwargs, lr, average, 
     optimiser step, and the stop rule's checks at the end of each cycle."""
     problem = (model, guide, args, kwargs)
     while trainer.running:
-        with _together(world, trainer.step_count):  # one process fails: all stop
+        with together(trainer.step_count):  # one process fails: all stop
             value, elbo, params = _loss_and_grads(elbo, model, guide, args, kwargs, trainer, may_fall_back)
         if trainer.optimizer is None or len(params) != len(trainer.params):
             trainer.use(torch.optim.Adam(params, lr=lr, foreach=True))  # Pyro made new parameters
@@ -180,15 +180,11 @@ def _run(trainer: Trainer, rule, elbo, model, guide, args, kwargs, lr, average, 
             value, trainer.agreed_seconds = average_gradients(params, value, time.perf_counter() - trainer.start)
         trainer.step(value)
         if rule is not None and rule.after_step(trainer.step_count, trainer.params, average):
-            with _together(world, trainer.step_count):
+            with together(trainer.step_count):
                 converged = rule.end_cycle(trainer.step_count, trainer.params, *problem, _nesting(elbo))
             trainer.stopped = all_agree(converged) if world > 1 else converged
     if rule is not None and rule.mid_cycle:  # a time cap cut the cycle short
-        rule.end_cycle(trainer.step_count, trainer.params, model, guide, args, kwargs, _nesting(elbo))
-
-
-def _together(world: int, step: int):
-    return together(step) if world > 1 else contextlib.nullcontext()
+        rule.end_cycle(trainer.step_count, trainer.params, *problem, _nesting(elbo))
 
 
 def _stop_rule(stop) -> StopRule | None:
@@ -277,8 +273,9 @@ def _keep_checkpoint(trainer: Trainer, path, every: int, elbo: _Elbo, problem, r
 
 def _check_readable(path: Path) -> None:
     """Every data-parallel process must see the checkpoint, or none."""
-    exists = path.exists()
-    if not all_agree(exists) and not all_agree(not exists):
+    seen = torch.tensor([float(path.exists())])
+    all_average([seen])  # the fraction of processes that see it
+    if 0 < seen.item() < 1:
         raise ValueError(f"checkpoint {path} exists for some processes only: give a path every process can read")
 
 
