@@ -12,7 +12,8 @@ Four tables, side by side with Pyro's AutoNormal (and AutoFlow's joint form):
   final ELBO (4000 draws), and the globals against the reference.
 * ``glmm``: the ``medium`` measures on 1000 groups of 10 rows of the Poisson
   and logistic random-effect models of ``member_flow.py`` (non-Gaussian
-  locals, so AutoFlow keeps its member flow; no reference, so ELBO and k-hat).
+  locals, so AutoFlow keeps its member flow), against the quadrature
+  reference of ``glmm_reference.py``, globals and each group's effects.
 * ``large``: 20,000 groups and 10^6 rows, 500 groups per step, on three
   simulated data sets: wall and CPU seconds, peak memory, whether the
   globals' 95% intervals (the guide's and the exact posterior's) cover the
@@ -44,9 +45,11 @@ from pyroflows.infer import AutoFlow, LatentSpace, fit, init_to_mean_or_zero, la
 from pyroflows.posteriors import hierarchical as h
 
 REFERENCE = Path(__file__).parent / "results" / "hierarchical_reference.json"
+GLMM_REFERENCE = REFERENCE.parent / "glmm_reference.json"
 GUIDES = {
     "AutoFlow": lambda m: AutoFlow(m),
     "AutoFlow (joint)": lambda m: AutoFlow(m, structure="joint"),
+    "AutoFlow (learned)": lambda m: AutoFlow(m, conditional="learned"),
     "AutoNormal": lambda m: AutoNormal(m, init_loc_fn=init_to_mean_or_zero),
 }
 
@@ -62,7 +65,8 @@ def errors(samples: dict, moments: dict, names) -> tuple[float, float]:
     return worst_mean, worst_sd
 
 
-def run(guide_name, model, args, kwargs, steps, moments, names, seed=0, options=FIXED_SCHEDULE) -> dict:
+def run(guide_name, model, args, kwargs, steps, moments, names, seed=0, options=FIXED_SCHEDULE, local_names=()):
+    """One fit's measures; errors over ``names`` (and, as ``local_*``, over ``local_names``)."""
     pyro.clear_param_store()
     pyro.set_rng_seed(seed)
     guide = GUIDES[guide_name](model)
@@ -73,6 +77,9 @@ def run(guide_name, model, args, kwargs, steps, moments, names, seed=0, options=
     finite = torch.isfinite(d.log_weights)
     khat = psis(d.log_weights).khat if finite.all() else float("inf")
     mean_err, log_sd = errors(d.samples, moments, names)
+    local_errors = {}
+    if local_names:
+        local_errors["local_mean_err"], local_errors["local_log_sd"] = errors(d.samples, moments, local_names)
     return {
         "guide": guide_name,
         "cpu_s": cpu,
@@ -85,6 +92,7 @@ def run(guide_name, model, args, kwargs, steps, moments, names, seed=0, options=
         "pass": khat < 0.7 and mean_err < 0.1 and log_sd < 0.1,
         "final_loss": float(np.mean(losses[-100:])),
         "steps": len(losses),
+        **local_errors,
     }
 
 
@@ -127,26 +135,23 @@ def medium(reference: dict, guides, steps: int) -> list[dict]:
 
 
 def glmm(guides, steps: int) -> list[dict]:
-    """``medium``'s ms per step, parameters, ELBO and k-hat on non-Gaussian random effects."""
-    from member_flow import logistic, poisson
+    """``medium``'s measures on non-Gaussian random effects, against the
+    quadrature reference (``glmm_reference.py``): the globals' errors, and
+    the groups' effects' (``local_mean_err``, ``local_log_sd``)."""
+    from member_flow import glmm_data
 
-    gen = torch.Generator().manual_seed(1)
-    group = torch.arange(1000).repeat_interleave(10)
-    x = torch.randn(len(group), generator=gen)
-    a = 0.5 + torch.randn(1000, generator=gen)
-    models = {
-        "poisson": (poisson, torch.poisson((a[group] - 1.0 + 0.3 * x).exp(), generator=gen)),
-        "logistic": (logistic, torch.bernoulli(torch.sigmoid(a[group] + 0.8 * x), generator=gen)),
-    }
+    reference = json.loads(GLMM_REFERENCE.read_text())
     rows = []
-    for name, (model, y) in models.items():
+    for name, (model, args) in glmm_data().items():
+        moments = reference[name]["moments"]
+        locals_ = [site for site in moments if site in ("a", "b", "s")]
+        names = [site for site in moments if site not in locals_]
         for guide_name in guides:
             if guide_name == "AutoFlow (joint)":
                 continue
             pyro.clear_param_store()
-            ms = step_ms(model, GUIDES[guide_name](model), (x, group, 1000, y), {})
-            row = run(guide_name, model, (x, group, 1000, y), {}, steps, {}, ())
-            row = {k: v for k, v in row.items() if k not in ("mean_err", "log_sd", "pass")}  # no reference
+            ms = step_ms(model, GUIDES[guide_name](model), args, {})
+            row = run(guide_name, model, args, {}, steps, moments, names, local_names=locals_)
             rows.append({"model": name, "groups": 1000, "ms_per_step": ms, **row})
             print(rows[-1], flush=True)
     return rows
@@ -245,7 +250,8 @@ def main() -> None:
         print(table(results["medium"], columns))
     if "glmm" in args.tables:
         results["glmm"] = glmm(args.guides, args.steps)
-        print(table(results["glmm"], ["model", "guide", "ms_per_step", "params", "elbo", "khat"]))
+        columns = ["model", "guide", "ms_per_step", "params", "elbo", "khat", "mean_err", "log_sd", "local_mean_err"]
+        print(table(results["glmm"], columns + ["local_log_sd"]))
     if "large" in args.tables:
         results["large"] = [large(args.large_steps, seed) for seed in args.large_seeds]
         columns = ["seed", "wall_s", "cpu_s", "peak_gb", "covered", "exact_covered", "missed", "mean_err", "log_sd"]

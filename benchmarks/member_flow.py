@@ -64,6 +64,18 @@ def simulate(groups: int = 50, rows: int = 6) -> dict:
     }
 
 
+def glmm_data(groups: int = 1000, rows: int = 10) -> dict:
+    """The ``glmm`` table's data sets (benchmarks/hierarchical.py): ``{name: (model, args)}``."""
+    gen = torch.Generator().manual_seed(1)
+    group = torch.arange(groups).repeat_interleave(rows)
+    x = torch.randn(len(group), generator=gen)
+    a = 0.5 + torch.randn(groups, generator=gen)
+    return {
+        "poisson": (poisson, (x, group, groups, torch.poisson((a[group] - 1.0 + 0.3 * x).exp(), generator=gen))),
+        "logistic": (logistic, (x, group, groups, torch.bernoulli(torch.sigmoid(a[group] + 0.8 * x), generator=gen))),
+    }
+
+
 def main() -> None:
     torch.set_num_threads(1)
     warnings.filterwarnings("ignore")
