@@ -170,7 +170,7 @@ def _train_epoch(trainer: Trainer, net, model: ImageFlow, data, where: tuple, hi
         noise = model.draw_noise(batch_size, _generator(seed, trainer.step_count))[share]
         loss = net(data[index].to(model.flow.top.mean.device), noise).mean()
         # under DDP the ranks' mean: the whole batch's bits/dim, and a NaN on one rank stops all of them
-        trainer.step(loss, None if world == 1 else all_average([], float(loss)))
+        trainer.step(loss, None if world == 1 else all_average([], loss.detach().item()))
         history.train_bpd.append(trainer.losses[-1])
         history.lr.append(trainer.optimizer.param_groups[0]["lr"])
     history.epoch_seconds.append(time.perf_counter() - began)
