@@ -13,10 +13,13 @@ and the 2-D (Poisson) or 3-D (logistic) posterior of the globals on a grid
 in their unconstrained coordinates, aligned with their Laplace covariance
 and reaching 6 sds. The groups' moments follow by total expectation over
 the grid. float64 throughout; ``--check`` reruns with more nodes and a finer
-grid and prints the largest change (in posterior sds). No sampler, so no
-Monte Carlo error: exact up to quadrature.
+grid and prints the largest change (in posterior sds); ``--nuts`` runs NUTS
+on the model itself (float64, 1000 + 1000 iterations) and stores how far
+its means of the globals sit from the reference, in their standard errors'
+units (z). No sampler in the reference, so no Monte Carlo error: exact up to
+quadrature.
 
-    python benchmarks/glmm_reference.py
+    python benchmarks/glmm_reference.py --check --nuts
 """
 
 from __future__ import annotations
@@ -28,8 +31,10 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pyro
 import torch
 from member_flow import glmm_data
+from pyro.infer import MCMC, NUTS
 
 RESULTS = Path(__file__).parent / "results" / "glmm_reference.json"
 HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
@@ -184,13 +189,34 @@ def largest_change(a: dict, b: dict) -> float:
     return worst
 
 
+def nuts_check(model, args, moments: dict, names, iterations: int = 1000, seed: int = 0) -> dict:
+    """NUTS on ``model`` itself: each global's ``(mean - reference) / (sd / sqrt(ESS))``."""
+    args = tuple(a.double() if torch.is_tensor(a) and a.is_floating_point() else a for a in args)
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)  # the model's float constants too
+    try:
+        pyro.set_rng_seed(seed)
+        mcmc = MCMC(NUTS(model), num_samples=iterations, warmup_steps=iterations, disable_progbar=True)
+        mcmc.run(*args)
+    finally:
+        torch.set_default_dtype(previous)
+    draws, diagnostics = mcmc.get_samples(), mcmc.diagnostics()
+    z, ess = {}, {}
+    for name in names:
+        ess[name] = float(diagnostics[name]["n_eff"])
+        mean, sd = moments[name]
+        z[name] = (draws[name].mean().item() - mean) / (sd / math.sqrt(ess[name]))
+    return {"iterations": iterations, "z": z, "ess": ess}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--check", action="store_true", help="also with more nodes and a finer grid")
+    parser.add_argument("--nuts", action="store_true", help="also NUTS on the model, against the reference")
     args = parser.parse_args()
     torch.set_num_threads(1)
     results = {}
-    for name, (_, (x, group, groups, y)) in glmm_data().items():
+    for name, (model, (x, group, groups, y)) in glmm_data().items():
         spec = Poisson() if name == "poisson" else Logistic()
         if not torch.equal(group, torch.arange(groups).repeat_interleave(len(x) // groups)):
             raise ValueError("glmm_data's rows must come group by group, in equal numbers")
@@ -202,6 +228,9 @@ def main() -> None:
         if args.check:
             finer = reference(spec, x, y, order=13, points=points + 4)
             results[name]["check_largest_change_sd"] = largest_change(results[name]["moments"], finer["moments"])
+        if args.nuts:
+            model_args = (x.reshape(-1), group, groups, y.reshape(-1))  # the same float32 draws, as float64
+            results[name]["nuts_check"] = nuts_check(model, model_args, results[name]["moments"], spec.names)
         print(name, {k: v for k, v in results[name].items() if k != "moments"}, flush=True)
         print({k: v for k, v in results[name]["moments"].items() if k in spec.names}, flush=True)
     RESULTS.write_text(json.dumps(results, indent=1) + "\n")
