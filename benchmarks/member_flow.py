@@ -56,8 +56,8 @@ def poisson(x, group, num_groups, y=None):
 def simulate(groups: int = 50, rows: int = 6) -> dict:
     gen = torch.Generator().manual_seed(1)
     group = torch.arange(groups).repeat_interleave(rows)
-    x = torch.randn(groups * rows, generator=gen)
-    a = 0.5 + torch.randn(groups, generator=gen)
+    x = torch.randn(groups * rows, generator=gen, dtype=torch.float32)  # the same draws under any default dtype
+    a = 0.5 + torch.randn(groups, generator=gen, dtype=torch.float32)
     return {
         "logistic": (logistic, (x, group, groups, torch.bernoulli(torch.sigmoid(a[group] + 0.8 * x), generator=gen))),
         "poisson": (poisson, (x, group, groups, torch.poisson((a[group] - 1.0 + 0.3 * x).exp(), generator=gen))),
@@ -68,8 +68,8 @@ def glmm_data(groups: int = 1000, rows: int = 10) -> dict:
     """The ``glmm`` table's data sets (benchmarks/hierarchical.py): ``{name: (model, args)}``."""
     gen = torch.Generator().manual_seed(1)
     group = torch.arange(groups).repeat_interleave(rows)
-    x = torch.randn(len(group), generator=gen)
-    a = 0.5 + torch.randn(groups, generator=gen)
+    x = torch.randn(len(group), generator=gen, dtype=torch.float32)  # the same draws under any default dtype
+    a = 0.5 + torch.randn(groups, generator=gen, dtype=torch.float32)
     return {
         "poisson": (poisson, (x, group, groups, torch.poisson((a[group] - 1.0 + 0.3 * x).exp(), generator=gen))),
         "logistic": (logistic, (x, group, groups, torch.bernoulli(torch.sigmoid(a[group] + 0.8 * x), generator=gen))),
