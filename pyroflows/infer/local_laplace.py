@@ -92,22 +92,26 @@ def _gradient_and_hessian(log_density, anchor: torch.Tensor):
 
 class _MemberTerms(Messenger):
     """Sums every sample site's log density (a plate's subsampling scale
-    removed), or with ``plate_only`` only the sites inside the plate."""
+    removed), or with ``members_only`` only the sites inside the plate and
+    those named in ``outside`` (sites outside it that depend on its members);
+    ``by_site`` keeps each site's sum."""
 
-    def __init__(self, plate: str, unscale: float, plate_only: bool = False) -> None:
+    def __init__(self, plate: str, unscale: float, members_only: bool = False, outside=frozenset()) -> None:
         super().__init__()
-        self.plate, self.unscale, self.plate_only, self.total = plate, unscale, plate_only, 0.0
+        self.plate, self.unscale, self.members_only, self.outside = plate, unscale, members_only, outside
+        self.total, self.by_site = 0.0, {}
 
     def _pyro_post_sample(self, msg) -> None:
         if site_is_subsample(msg):
             return
         inside = any(frame.name == self.plate for frame in msg["cond_indep_stack"])
-        if self.plate_only and not inside:
+        if self.members_only and not inside and msg["name"] not in self.outside:
             return
         log_p = scale_and_mask(msg["fn"].log_prob(msg["value"]), msg["scale"], msg["mask"])
         if inside:
             log_p = log_p * self.unscale
-        self.total = self.total + log_p.sum()
+        self.by_site[msg["name"]] = (inside, log_p.sum())
+        self.total = self.total + self.by_site[msg["name"]][1]
 
 
 class LocalLaplace:
@@ -120,6 +124,7 @@ class LocalLaplace:
 
     def __init__(self, model, layout: LatentLayout) -> None:
         self.model, self.layout = model, layout
+        self._outside_sites: frozenset | None = None  # sites outside the plate that depend on its members
 
     def log_density(
         self,
@@ -128,12 +133,16 @@ class LocalLaplace:
         index: torch.Tensor,
         args,
         kwargs,
-        plate_only: bool = False,
+        members_only: bool = False,
+        terms: _MemberTerms | None = None,
     ) -> torch.Tensor:
         """Sum over members (and draws) of ``h_i``; ``locals_`` is
         (..., B, 1, ..., 1, d) with the member dim at the plate's dim and
         ``global_values`` the globals' unconstrained values, batched alike.
-        The terms outside the plate count too unless ``plate_only``."""
+        The terms outside the plate count too, or with ``members_only`` only
+        those that depend on the members' locals (the rows of a plate of
+        their own, say), not the globals' own. ``terms``: the messenger
+        that sums them (its ``by_site`` holds each site's sum afterwards)."""
         layout, plate = self.layout, self.layout.plate
         prefix = locals_.shape[: locals_.dim() - 1 + plate.dim]
         values = {name: layout.sites[name].transform(u) for name, u in global_values.items()}
@@ -144,7 +153,8 @@ class LocalLaplace:
                 values[name] = site.transform(u)
                 total = total + site.transform.log_abs_det_jacobian(u, values[name]).sum()
         values[plate.name] = index
-        terms = _MemberTerms(plate.name, len(index) / plate.size, plate_only)
+        if terms is None:
+            terms = _MemberTerms(plate.name, len(index) / plate.size, members_only, self._outside_sites)
         with (
             isolated(),
             pyro.validation_enabled(False),
@@ -152,8 +162,22 @@ class LocalLaplace:
             IndexSelectMode(),
         ):  # the guide's run of the model validates these
             poutine.condition(self.model, data=values)(*args, **kwargs)
-        total = total + terms.total
-        return total
+        return total + terms.total
+
+    def _find_outside_sites(self, global_values, anchor, index, args, kwargs) -> frozenset:
+        """The sites outside the plate whose log density depends on the members' locals."""
+        terms = _MemberTerms(self.layout.plate.name, 1.0)
+        with torch.enable_grad():
+            point = anchor.detach().requires_grad_(True)
+            values = {k: v.detach() for k, v in global_values.items()}
+            self.log_density(values, point, index, args, kwargs, terms=terms)
+            return frozenset(
+                name
+                for name, (inside, log_p) in terms.by_site.items()
+                if not inside
+                and log_p.requires_grad
+                and torch.autograd.grad(log_p, point, retain_graph=True, allow_unused=True)[0] is not None
+            )
 
     def gaussian(self, global_values, anchor, index, fallback_scale, args, kwargs):
         """``newton_gaussian`` of the members ``index`` from ``anchor``."""
@@ -166,16 +190,19 @@ class LocalLaplace:
         globals' unconstrained values ``global_values`` (unbatched): for
         every chunk of members (indices ``chunks``, with their ``anchors`` and
         ``fallback_scales``), two Newton steps, then ``h_i(mu_i) - log|R_i|``
-        summed; the terms outside the plate and the globals' Jacobians once.
+        summed; the globals' own terms and Jacobians once (a chunk's rows in a
+        plate of their own count with the chunk).
         Differentiable in the globals. Exact for Gaussian random effects
         with a Gaussian likelihood (the marginal INLA and TMB maximise)."""
         total = sum(
             self.layout.sites[name].transform.log_abs_det_jacobian(u, self.layout.sites[name].transform(u)).sum()
             for name, u in global_values.items()
         )
+        if self._outside_sites is None:
+            self._outside_sites = self._find_outside_sites(global_values, anchors[0], chunks[0], args, kwargs)
         for k, (index, anchor, scale) in enumerate(zip(chunks, anchors, fallback_scales, strict=True)):
             density = functools.partial(
-                self.log_density, global_values, index=index, args=args, kwargs=kwargs, plate_only=k > 0
+                self.log_density, global_values, index=index, args=args, kwargs=kwargs, members_only=k > 0
             )
             with torch.no_grad():
                 anchor, _ = newton_gaussian(density, anchor, scale)
