@@ -154,7 +154,8 @@ class LocalLaplace:
                 total = total + site.transform.log_abs_det_jacobian(u, values[name]).sum()
         values[plate.name] = index
         if terms is None:
-            terms = _MemberTerms(plate.name, len(index) / plate.size, members_only, self._outside_sites)
+            outside = self._outside_sites or frozenset()
+            terms = _MemberTerms(plate.name, len(index) / plate.size, members_only, outside)
         with (
             isolated(),
             pyro.validation_enabled(False),
@@ -198,7 +199,7 @@ class LocalLaplace:
             self.layout.sites[name].transform.log_abs_det_jacobian(u, self.layout.sites[name].transform(u)).sum()
             for name, u in global_values.items()
         )
-        if self._outside_sites is None:
+        if self._outside_sites is None and len(chunks) > 1:  # one chunk counts every site
             self._outside_sites = self._find_outside_sites(global_values, anchors[0], chunks[0], args, kwargs)
         for k, (index, anchor, scale) in enumerate(zip(chunks, anchors, fallback_scales, strict=True)):
             density = functools.partial(
