@@ -53,27 +53,23 @@ def poisson(x, group, num_groups, y=None):
         pyro.sample("y", dist.Poisson((a[..., group] + b[..., group] * x).exp()), obs=y)
 
 
-def simulate(groups: int = 50, rows: int = 6) -> dict:
+def simulate(groups: int = 50, rows: int = 6, order: tuple[str, ...] = ("logistic", "poisson")) -> dict:
+    """``{name: (model, args)}``; each model's outcomes drawn in turn, in ``order``."""
     gen = torch.Generator().manual_seed(1)
     group = torch.arange(groups).repeat_interleave(rows)
     x = torch.randn(groups * rows, generator=gen, dtype=torch.float32)  # the same draws under any default dtype
     a = 0.5 + torch.randn(groups, generator=gen, dtype=torch.float32)
-    return {
-        "logistic": (logistic, (x, group, groups, torch.bernoulli(torch.sigmoid(a[group] + 0.8 * x), generator=gen))),
-        "poisson": (poisson, (x, group, groups, torch.poisson((a[group] - 1.0 + 0.3 * x).exp(), generator=gen))),
+    draw = {
+        "logistic": lambda: torch.bernoulli(torch.sigmoid(a[group] + 0.8 * x), generator=gen),
+        "poisson": lambda: torch.poisson((a[group] - 1.0 + 0.3 * x).exp(), generator=gen),
     }
+    models = {"logistic": logistic, "poisson": poisson}
+    return {name: (models[name], (x, group, groups, draw[name]())) for name in order}
 
 
-def glmm_data(groups: int = 1000, rows: int = 10) -> dict:
-    """The ``glmm`` table's data sets (benchmarks/hierarchical.py): ``{name: (model, args)}``."""
-    gen = torch.Generator().manual_seed(1)
-    group = torch.arange(groups).repeat_interleave(rows)
-    x = torch.randn(len(group), generator=gen, dtype=torch.float32)  # the same draws under any default dtype
-    a = 0.5 + torch.randn(groups, generator=gen, dtype=torch.float32)
-    return {
-        "poisson": (poisson, (x, group, groups, torch.poisson((a[group] - 1.0 + 0.3 * x).exp(), generator=gen))),
-        "logistic": (logistic, (x, group, groups, torch.bernoulli(torch.sigmoid(a[group] + 0.8 * x), generator=gen))),
-    }
+def glmm_data() -> dict:
+    """The ``glmm`` table's data sets (benchmarks/hierarchical.py): 1,000 groups of 10 rows."""
+    return simulate(1000, 10, order=("poisson", "logistic"))
 
 
 def main() -> None:
