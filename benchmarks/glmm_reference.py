@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 import pyro
 import torch
+import torch.distributions as D
 from member_flow import glmm_data
 from pyro.infer import MCMC, NUTS
 
@@ -41,7 +42,11 @@ HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 
 
 def normal(x, loc, scale):
-    return -0.5 * ((x - loc) / scale) ** 2 - torch.log(torch.as_tensor(scale)) - HALF_LOG_2PI
+    return D.Normal(loc, scale, validate_args=False).log_prob(x)
+
+
+def half_normal(x, scale):
+    return D.HalfNormal(scale, validate_args=False).log_prob(x)
 
 
 class Poisson:
@@ -52,13 +57,13 @@ class Poisson:
     def prior(self, theta):
         mu, log_tau = theta.unbind(-1)
         tau = log_tau.exp()
-        return normal(mu, 0.0, 2.0) + normal(tau, 0.0, 1.0) + math.log(2) + log_tau  # HalfNormal, Jacobian
+        return normal(mu, 0.0, 2.0) + half_normal(tau, 1.0) + log_tau  # the Jacobian of tau = exp(log tau)
 
     def local(self, a, c, theta, x, y):
         """Each group's log joint (..., G) for effects ``a, c`` (..., G) at globals ``theta`` (..., 1, 2)."""
         mu, tau = theta[..., 0], theta[..., 1].exp()
         eta = a[..., None] + c[..., None] * x
-        lik = (y * eta - eta.exp() - torch.lgamma(y + 1)).sum(-1)
+        lik = D.Poisson(eta.exp(), validate_args=False).log_prob(y).sum(-1)
         return normal(a, mu, tau) + normal(c, 0.0, 0.5) + lik
 
     def constrained(self, theta):
@@ -73,12 +78,12 @@ class Logistic:
     def prior(self, theta):
         mu, beta, log_tau = theta.unbind(-1)
         tau = log_tau.exp()
-        return normal(mu, 0.0, 2.0) + normal(beta, 0.0, 2.0) + normal(tau, 0.0, 2.0) + math.log(2) + log_tau
+        return normal(mu, 0.0, 2.0) + normal(beta, 0.0, 2.0) + half_normal(tau, 2.0) + log_tau
 
     def local(self, a, c, theta, x, y):
         mu, beta, tau = theta[..., 0], theta[..., 1], theta[..., 2].exp()
         logits = a[..., None] + (beta[..., None] + 0.3 * c[..., None]) * x
-        lik = (y * logits - torch.nn.functional.softplus(logits)).sum(-1)
+        lik = D.Bernoulli(logits=logits, validate_args=False).log_prob(y).sum(-1)
         return normal(a, mu, tau) + normal(c, 0.0, 1.0) + lik
 
     def constrained(self, theta):
