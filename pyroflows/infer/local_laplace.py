@@ -94,12 +94,12 @@ class _MemberTerms(Messenger):
     """Sums every sample site's log density (a plate's subsampling scale
     removed), or with ``members_only`` only the sites inside the plate and
     those named in ``outside`` (sites outside it that depend on its members);
-    ``by_site`` keeps each site's sum."""
+    a ``by_site`` dict, if given, gets each site's ``(inside, sum)``."""
 
-    def __init__(self, plate: str, unscale: float, members_only: bool = False, outside=frozenset()) -> None:
+    def __init__(self, plate: str, unscale: float, members_only=False, outside=frozenset(), by_site=None) -> None:
         super().__init__()
         self.plate, self.unscale, self.members_only, self.outside = plate, unscale, members_only, outside
-        self.total, self.by_site = 0.0, {}
+        self.total, self.by_site = 0.0, by_site
 
     def _pyro_post_sample(self, msg) -> None:
         if site_is_subsample(msg):
@@ -110,8 +110,10 @@ class _MemberTerms(Messenger):
         log_p = scale_and_mask(msg["fn"].log_prob(msg["value"]), msg["scale"], msg["mask"])
         if inside:
             log_p = log_p * self.unscale
-        self.by_site[msg["name"]] = (inside, log_p.sum())
-        self.total = self.total + self.by_site[msg["name"]][1]
+        log_p = log_p.sum()
+        self.total = self.total + log_p
+        if self.by_site is not None:
+            self.by_site[msg["name"]] = (inside, log_p)
 
 
 class LocalLaplace:
@@ -142,7 +144,7 @@ class LocalLaplace:
         The terms outside the plate count too, or with ``members_only`` only
         those that depend on the members' locals (the rows of a plate of
         their own, say), not the globals' own. ``terms``: the messenger
-        that sums them (its ``by_site`` holds each site's sum afterwards)."""
+        that sums them, if not the default one."""
         layout, plate = self.layout, self.layout.plate
         prefix = locals_.shape[: locals_.dim() - 1 + plate.dim]
         values = {name: layout.sites[name].transform(u) for name, u in global_values.items()}
@@ -167,14 +169,15 @@ class LocalLaplace:
 
     def _find_outside_sites(self, global_values, anchor, index, args, kwargs) -> frozenset:
         """The sites outside the plate whose log density depends on the members' locals."""
-        terms = _MemberTerms(self.layout.plate.name, 1.0)
+        by_site: dict = {}
+        terms = _MemberTerms(self.layout.plate.name, 1.0, by_site=by_site)
         with torch.enable_grad():
             point = anchor.detach().requires_grad_(True)
             values = {k: v.detach() for k, v in global_values.items()}
             self.log_density(values, point, index, args, kwargs, terms=terms)
             return frozenset(
                 name
-                for name, (inside, log_p) in terms.by_site.items()
+                for name, (inside, log_p) in by_site.items()
                 if not inside
                 and log_p.requires_grad
                 and torch.autograd.grad(log_p, point, retain_graph=True, allow_unused=True)[0] is not None
