@@ -35,11 +35,11 @@ def test_two_processes_take_the_same_steps_as_one_on_the_whole_batch(tmp_path):
     assert "the guide runs other members" in parallel["mismatched"]
     # a checkpointed run killed and resumed ends as the straight run, on each process (each has its own RNG)
     assert parallel["resumed"] == [True, True]
-    # max_seconds on clocks that disagree (process 1's runs twice as fast): both stop at the same step
     # a NaN in one process's shard: that process says so, the other says which step another process failed at
     nan_errors = parallel["nan_errors"]
     assert nan_errors[1].startswith("NonFiniteLossError: non-finite loss"), nan_errors
     assert nan_errors[0] == "RuntimeError: another data-parallel process failed at step 0; its own error says why"
+    # max_seconds on clocks that disagree (process 1's runs twice as fast): both stop at the same step
     clocks = parallel["fast_clock"]
     assert clocks[0]["steps"] == clocks[1]["steps"] < 10**6 and torch.equal(clocks[0]["params"], clocks[1]["params"])
     x, y = data()
