@@ -52,7 +52,7 @@ def half_normal(x, scale):
 class Poisson:
     """``member_flow.poisson``: globals (mu, log tau), locals (a, b)."""
 
-    names = ("mu", "tau")
+    names, local_names = ("mu", "tau"), ("a", "b")
 
     def prior(self, theta):
         mu, log_tau = theta.unbind(-1)
@@ -73,7 +73,7 @@ class Poisson:
 class Logistic:
     """``member_flow.logistic``: globals (mu, beta, log tau), locals (a, s)."""
 
-    names = ("mu", "beta", "tau")
+    names, local_names = ("mu", "beta", "tau"), ("a", "s")
 
     def prior(self, theta):
         mu, beta, log_tau = theta.unbind(-1)
@@ -95,18 +95,19 @@ def group_modes(spec, theta, x, y, iterations: int = 30):
     the inverse Hessian there (Newton's method, all groups at once)."""
     point = torch.zeros(x.shape[0], 2, dtype=x.dtype)
     for _ in range(iterations):
-        point, chol = _newton(spec, theta, x, y, point)
-    return point, chol
+        point, precision = _newton(spec, theta, x, y, point)
+    return point, torch.linalg.cholesky(torch.linalg.inv(precision))
 
 
 def _newton(spec, theta, x, y, point):
+    """One damped Newton step for every group; the precision at the step's start."""
     point = point.detach().requires_grad_(True)
     (grad,) = torch.autograd.grad(spec.local(point[:, 0], point[:, 1], theta, x, y).sum(), point, create_graph=True)
     hessian = torch.stack([torch.autograd.grad(grad[:, k].sum(), point, retain_graph=True)[0] for k in range(2)], -1)
     precision = -0.5 * (hessian + hessian.mT).detach()
     step = torch.linalg.solve(precision, grad.detach().unsqueeze(-1)).squeeze(-1)
     scale = step.norm(dim=-1, keepdim=True).clamp(min=1.0)  # damped far from the mode
-    return (point + step / scale).detach(), torch.linalg.cholesky(torch.linalg.inv(precision))
+    return (point + step / scale).detach(), precision
 
 
 def quadrature(order: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -175,8 +176,8 @@ def reference(spec, x, y, order: int, points: int, chunk: int = 16) -> dict:
         moments[name] = [mean.item(), (weights * (value - mean) ** 2).sum().sqrt().item()]
     m1, m2 = (torch.einsum("p,pgd->gd", weights, torch.cat(m)) for m in (first, second))
     sd = (m2 - m1.square()).clamp(min=0).sqrt()
-    moments["a"] = [m1[:, 0].tolist(), sd[:, 0].tolist()]
-    moments["b" if isinstance(spec, Poisson) else "s"] = [m1[:, 1].tolist(), sd[:, 1].tolist()]
+    for k, name in enumerate(spec.local_names):
+        moments[name] = [m1[:, k].tolist(), sd[:, k].tolist()]
     return {"order": order, "points": points, "edge_mass": edge, "moments": moments}
 
 
